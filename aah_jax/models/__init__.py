@@ -1,0 +1,4 @@
+"""Flax linen modules of A²-Net++."""
+
+from aah_jax.models.a2net import A2NetOutput, A2NetPlusPlus, create_model, init_variables
+from aah_jax.models.resnet import BACKBONES, BackboneSpec, ResNet, backbone_spec

@@ -1,0 +1,254 @@
+"""Shapes, parameter counts and numerics of the A²-Net++ network."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from aah_jax import losses
+from aah_jax.codes import hash_codes
+from aah_jax.models import A2NetPlusPlus, ResNet, backbone_spec, init_variables
+from aah_jax.models.a2net import local_features
+from aah_jax.models.image_decoder import _transposed_conv, generator_geometry
+from aah_jax.models.norm import BatchNorm
+
+
+def _count(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def _abstract_init(model, image_size, batch=2):
+  images = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
+  return jax.eval_shape(
+      lambda x: model.init_with_output(jax.random.key(0), x, train=True,
+                                       mutable=['params', 'batch_stats', 'intermediates']),
+      images)
+
+
+@pytest.mark.parametrize('bits', [12, 48])
+def test_resnet50_shapes_at_224(bits):
+  model = A2NetPlusPlus(backbone='resnet50', bits=bits)
+  out, variables = _abstract_init(model, 224)
+  n, m, d = 2, bits, (bits + 1) * 2048
+  assert model.feature_dim == d
+  inter = {k: v[0].shape for k, v in variables['intermediates'].items()}
+  assert inter == {'trunk_features': (n, 14, 14, 1024), 'global_feature': (n, 2048),
+                   'local_features': (n, m * 2048)}
+  assert out.attention.shape == (n, 14, 14, m)
+  assert out.u.shape == (n, bits)
+  assert out.v.shape == out.v_hat.shape == (n, d)
+  assert out.image_from_v.shape == out.image_from_v_hat.shape == (n, 224, 224, 3)
+  assert variables['params']['attribute_codec']['W'].shape == (bits, d)
+  # The generator: 512 (1×1) → 7×7 → doublings to 224 with channels 256 … 16, 3
+  # (transpose_kernel=True kernels are (kh, kw, out, in)).
+  decoder = variables['params']['decoder_v']
+  assert decoder['encoder']['kernel'].shape == (d, 512)
+  assert [decoder[f'deconv{i}']['kernel'].shape[-2] for i in range(6)] == [256, 128, 64, 32, 16, 3]
+  assert decoder['deconv0']['kernel'].shape[:2] == (7, 7)
+
+
+def test_resnet50_ablations_change_d():
+  out, variables = _abstract_init(A2NetPlusPlus(backbone='resnet50', bits=12, use_attention=False,
+                                                use_image_decoder=False), 224)
+  assert out.v.shape == (2, 2048) and out.attention is None and out.image_from_v is None
+  assert set(variables['params']) == {'trunk', 'global_stage', 'attribute_codec'}
+  out, _ = _abstract_init(A2NetPlusPlus(backbone='resnet50', bits=48, num_attention_maps=4), 224)
+  assert out.v.shape == (2, 5 * 2048) and out.attention.shape[-1] == 4
+
+
+# torchvision's parameter counts without the fc layer (weight + bias = 512·1000 + 1000 or
+# 2048·1000 + 1000 removed from the published totals).
+TORCHVISION_NO_FC = {'resnet18': 11_176_512, 'resnet34': 21_284_672, 'resnet50': 23_508_032}
+
+
+@pytest.mark.parametrize('name', sorted(TORCHVISION_NO_FC))
+def test_trunk_plus_last_stage_matches_torchvision(name):
+  model = A2NetPlusPlus(backbone=name, bits=12)
+  _, variables = _abstract_init(model, 224)
+  counts = {part: _count(tree) for part, tree in variables['params'].items()}
+  print(f'\n{name} parameters per part:', counts)
+  assert counts['trunk'] + counts['global_stage'] == TORCHVISION_NO_FC[name]
+  assert counts['local_stage'] == counts['global_stage']
+  plain = jax.eval_shape(lambda x: ResNet(backbone_spec(name)).init(jax.random.key(0), x),
+                         jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
+  assert _count(plain['params']) == TORCHVISION_NO_FC[name]
+
+
+def test_resnet50_batch_stats_are_torchvision_buffers():
+  _, variables = _abstract_init(A2NetPlusPlus(backbone='resnet50', bits=12), 224)
+  trunk_stats = variables['batch_stats']['trunk']
+  # 53 BN layers in trunk + layer4 of torchvision; trunk alone has 1 + 3·3+1 + 4·3+1 + 6·3+1.
+  assert len(jax.tree.leaves(trunk_stats)) == 2 * (1 + 10 + 13 + 19)
+
+
+@pytest.fixture(scope='module')
+def small():
+  model = A2NetPlusPlus(backbone='small_cnn', bits=12, num_attention_maps=3, embed_dim=64,
+                        generator_base_channels=32)
+  variables = init_variables(model, jax.random.key(0), 32)
+  images = jax.random.normal(jax.random.key(1), (6, 32, 32, 3))
+  return model, variables, images
+
+
+def _forward_losses(model, params, batch_stats, images, phase, weights, key=jax.random.key(2)):
+  out, mutated = model.apply({'params': params, 'batch_stats': batch_stats}, images, train=True,
+                             mutable=['batch_stats'])
+  num_db, n = 20, images.shape[0]
+  k1, k2 = jax.random.split(key)
+  B = jnp.sign(jax.random.normal(k1, (num_db, model.bits)))
+  S = jnp.where(jax.random.uniform(k2, (n, num_db)) < 0.3, 1.0, -0.3)
+  omega = jnp.arange(n)
+  terms = losses.network_loss_terms(out, B, S, omega, jax.nn.sigmoid(images), gamma=200.0,
+                                    code_length=model.bits)
+  return losses.total_loss(terms, phase, weights), (terms, mutated)
+
+
+def test_small_forward_backward_is_finite(small):
+  model, variables, images = small
+  grad_fn = jax.jit(jax.value_and_grad(
+      functools.partial(_forward_losses, model, phase=1, weights=losses.DEFAULT_WEIGHTS),
+      has_aux=True))
+  (loss, (terms, mutated)), grads = grad_fn(variables['params'], variables['batch_stats'], images)
+  assert np.isfinite(float(loss)) and set(terms) == set(losses.TERMS)
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+  # Train mode moved the running statistics.
+  before = jax.tree.leaves(variables['batch_stats'])
+  after = jax.tree.leaves(mutated['batch_stats'])
+  assert any(not np.allclose(a, b) for a, b in zip(before, after))
+
+
+def _grad_norms(small, phase, weights):
+  model, variables, images = small
+  grads = jax.jit(jax.grad(
+      lambda p: _forward_losses(model, p, variables['batch_stats'], images, phase, weights)[0]))(
+          variables['params'])
+  return {part: float(jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(tree))))
+          for part, tree in grads.items()}
+
+
+ALL_PARTS = {'trunk', 'global_stage', 'local_stage', 'attention', 'attribute_codec', 'decoder_v',
+             'decoder_v_hat'}
+
+
+@pytest.mark.parametrize('phase', [1, 2])
+def test_gradients_reach_every_trained_group(small, phase):
+  norms = _grad_norms(small, phase, losses.DEFAULT_WEIGHTS)
+  assert set(norms) == ALL_PARTS
+  assert all(norm > 0 for norm in norms.values()), norms
+
+
+def test_gradients_skip_the_image_path_when_its_weight_is_zero(small):
+  norms = _grad_norms(small, 1, dict(losses.DEFAULT_WEIGHTS, img=(0.0, 0.0)))
+  assert norms['decoder_v'] == 0.0 and norms['decoder_v_hat'] == 0.0
+  assert all(norms[p] > 0 for p in ALL_PARTS - {'decoder_v', 'decoder_v_hat'}), norms
+
+
+def test_rec_trains_encoder_and_backbone_but_not_generators(small):
+  only_rec = {name: (0.0, 0.0) for name in losses.TERMS}
+  only_rec['rec'] = (0.0, 1.0)
+  assert all(norm == 0.0 for norm in _grad_norms(small, 1, only_rec).values())
+  norms = _grad_norms(small, 2, only_rec)
+  assert norms['decoder_v'] == 0.0 and norms['decoder_v_hat'] == 0.0
+  assert all(norms[p] > 0 for p in ALL_PARTS - {'decoder_v', 'decoder_v_hat'}), norms
+
+
+def test_eval_mode_returns_u_and_codes_are_its_sign(small):
+  model, variables, images = small
+  u = model.apply(variables, images, train=False)
+  assert u.shape == (6, 12) and np.all(np.abs(u) < 1)
+  codes = np.asarray(hash_codes(u))
+  np.testing.assert_array_equal(codes, np.where(np.asarray(u) >= 0, 1, -1))
+  out, _ = model.apply(variables, images, train=True, mutable=['batch_stats'])
+  assert np.all(np.asarray(out.attention) >= 0)
+  assert np.all((np.asarray(out.image_from_v) >= 0) & (np.asarray(out.image_from_v) <= 1))
+
+
+def test_sign_of_zero_is_plus_one():
+  codes = hash_codes(jnp.array([[-0.5, 0.0, -0.0, 1e-30, -1e-30]]))
+  np.testing.assert_array_equal(np.asarray(codes), [[-1, 1, 1, 1, -1]])
+  assert codes.dtype == jnp.int8
+
+
+def test_bfloat16_codes_agree_with_float32(small):
+  model, variables, _ = small
+  images = jax.random.normal(jax.random.key(7), (64, 32, 32, 3))
+  bits32 = hash_codes(model.apply(variables, images, train=False))
+  bf16 = model.clone(dtype=jnp.bfloat16)
+  bits16 = hash_codes(bf16.apply(variables, images, train=False))
+  agreement = float(np.mean(np.asarray(bits32) == np.asarray(bits16)))
+  assert agreement >= 0.99, agreement
+  # bf16 compute keeps float32 parameters.
+  assert {x.dtype for x in jax.tree.leaves(variables['params'])} == {jnp.dtype('float32')}
+
+
+def test_local_features_are_pooled_masked_trunk_per_part():
+  rng = np.random.default_rng(0)
+  t = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)
+  a = rng.random((2, 3, 4, 6)).astype(np.float32)
+  got = np.asarray(local_features(lambda x: x, t, a))
+  want = np.concatenate([(t * a[..., m:m + 1]).mean(axis=(1, 2)) for m in range(6)], axis=-1)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_batchnorm_matches_pytorch_semantics():
+  rng = np.random.default_rng(0)
+  x = rng.normal(2.0, 3.0, size=(8, 3, 3, 4)).astype(np.float32)
+  bn = BatchNorm(use_running_average=False)
+  variables = bn.init(jax.random.key(0), x)
+  np.testing.assert_array_equal(variables['batch_stats']['mean'], 0.0)  # init leaves stats alone
+  y, mutated = bn.apply(variables, x, mutable=['batch_stats'])
+  x64 = x.astype(np.float64)
+  mean, var = x64.mean(axis=(0, 1, 2)), x64.var(axis=(0, 1, 2))
+  np.testing.assert_allclose(y, (x64 - mean) / np.sqrt(var + 1e-5), atol=1e-5)
+  count = 8 * 3 * 3
+  np.testing.assert_allclose(mutated['batch_stats']['mean'], 0.1 * mean, rtol=1e-5)
+  np.testing.assert_allclose(mutated['batch_stats']['var'], 0.9 + 0.1 * var * count / (count - 1),
+                             rtol=1e-5)
+  y_eval = BatchNorm(use_running_average=True).apply({**variables, **mutated}, x)
+  stats = mutated['batch_stats']
+  np.testing.assert_allclose(y_eval, (x64 - stats['mean']) / np.sqrt(stats['var'] + 1e-5),
+                             atol=1e-5)
+
+
+def test_batchnorm_groups_normalise_each_slice_alone():
+  x = np.random.default_rng(1).normal(size=(8, 2, 2, 3)).astype(np.float32)
+  grouped = BatchNorm(use_running_average=False, num_groups=2)
+  variables = grouped.init(jax.random.key(0), x)
+  y, _ = grouped.apply(variables, x, mutable=['batch_stats'])
+  single = BatchNorm(use_running_average=False)
+  halves = [single.apply(variables, x[i:i + 4], mutable=['batch_stats'])[0] for i in (0, 4)]
+  np.testing.assert_allclose(y, np.concatenate(halves), atol=1e-6)
+  with pytest.raises(ValueError, match='num_groups=3'):
+    BatchNorm(use_running_average=False, num_groups=3).init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize('size,geometry', [(224, (7, 5)), (112, (7, 4)), (32, (4, 3)),
+                                           (96, (6, 4)), (64, (4, 4))])
+def test_generator_geometry(size, geometry):
+  assert generator_geometry(size) == geometry
+
+
+def test_generator_geometry_rejects_sizes_it_cannot_reach():
+  with pytest.raises(ValueError, match='image size 100'):
+    generator_geometry(100)
+
+
+def test_transposed_conv_matches_pytorch_definition():
+  """out[y·s + i − p, x·s + j − p, o] += in[y, x, c] · w[c, o, i, j] (ConvTranspose2d)."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(1, 3, 3, 2)).astype(np.float32)
+  layer = _transposed_conv(4, 4, 2, 1, dtype=jnp.float32, name=None)
+  variables = layer.init(jax.random.key(0), x)
+  kernel = np.asarray(variables['params']['kernel'])  # (kh, kw, out, in) with transpose_kernel
+  torch_w = kernel.transpose(3, 2, 0, 1)  # PyTorch's (in, out, kh, kw), no spatial flip
+  s, p, k = 2, 1, 4
+  full = np.zeros((1, 3 * s + k - s, 3 * s + k - s, 4))
+  for y in range(3):
+    for xx in range(3):
+      for i in range(k):
+        for j in range(k):
+          full[0, y * s + i, xx * s + j] += x[0, y, xx] @ torch_w[:, :, i, j]
+  want = full[:, p:p + 6, p:p + 6]
+  np.testing.assert_allclose(layer.apply(variables, x), want, atol=1e-5)
