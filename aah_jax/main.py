@@ -1,51 +1,27 @@
 """The main job: `python -m aah_jax.main --config=configs/default.py --workdir=DIR`."""
 
-import json
-import os
-import time
-
 from absl import app, flags
-import jax
-import jax.numpy as jnp
 from ml_collections import config_flags
-import numpy as np
 
-from aah_jax.codes import hash_codes
-from aah_jax.models import create_model, init_variables
+from aah_jax import train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'ml_collections config file.', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Directory for the run\'s outputs.')
+flags.DEFINE_string('workdir', None, 'Directory for the run\'s outputs (results.json).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def code_statistics(config, workdir: str) -> dict:
-  """Until training lands: a forward pass of a fresh model and its code statistics."""
-  model = create_model(config.model)
-  variables = init_variables(model, jax.random.key(config.seed), config.image_size)
-  images = jax.random.normal(jax.random.key(config.seed + 1), (64, config.image_size,
-                                                               config.image_size, 3))
-  start = time.time()
-  u = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
-  codes = np.asarray(hash_codes(u))
-  stats = {
-      'bits': int(model.bits),
-      'feature_dim': model.feature_dim,
-      'num_params': int(sum(x.size for x in jax.tree.leaves(variables['params']))),
-      'bit_balance': float(np.abs(codes.mean(axis=0)).mean()),
-      'distinct_codes': int(len({c.tobytes() for c in codes})),
-      'forward_seconds': time.time() - start,
-  }
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'code_statistics.json'), 'w') as f:
-    json.dump(stats, f, indent=2)
-  return stats
+def summary(results: dict) -> str:
+  return (f'{results["dataset"]}, {results["bits"]} bits, {results["num_queries"]} queries vs '
+          f'{results["num_database"]} database items: mAP@all {results["map_learned_db"]:.4f} '
+          f'(learned B), {results["map_encoded_db"]:.4f} (encoded database), '
+          f'{results["map_random"]:.4f} (random codes); {results["wall_time_seconds"]:.0f}s')
 
 
 def main(argv):
   del argv
-  stats = code_statistics(FLAGS.config, FLAGS.workdir)
-  print(json.dumps(stats, indent=2))
+  results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  print(summary(results))
 
 
 def run():

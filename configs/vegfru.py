@@ -1,0 +1,7 @@
+"""VegFru: the paper's settings."""
+
+from configs.paper import paper_config
+
+
+def get_config():
+  return paper_config('vegfru', num_iterations=50, num_samples=4000)

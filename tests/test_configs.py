@@ -1,0 +1,43 @@
+"""Every config file loads, builds its network, and follows --config.bits."""
+
+import importlib
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from aah_jax.models import create_model
+
+CONFIGS = ['default', 'tiny', 'cub200', 'aircraft', 'food101', 'nabirds', 'vegfru',
+           'stanford_dogs', 'cifar10', 'nuswide']
+PAPER = {'cub200': (40, 2000), 'aircraft': (40, 2000), 'food101': (50, 2000),
+         'nabirds': (50, 4000), 'vegfru': (50, 4000)}
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_config_builds_its_network(name):
+  config = importlib.import_module(f'configs.{name}').get_config()
+  model = create_model(config.model)
+  shape = jax.ShapeDtypeStruct((2, config.image_size, config.image_size, 3), jnp.float32)
+  out = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x, train=True)[0],
+                       shape)
+  assert out.u.shape == (2, config.bits)
+  assert config.train.num_samples % config.train.batch_size == 0
+
+
+@pytest.mark.parametrize('name,schedule', sorted(PAPER.items()))
+def test_paper_configs_use_the_paper_settings(name, schedule):
+  config = importlib.import_module(f'configs.{name}').get_config()
+  assert (config.train.num_iterations, config.train.num_samples) == schedule
+  assert config.model.backbone == 'resnet50' and config.image_size == 224
+  assert config.train.batch_size == 16 and config.train.epochs == 30
+  assert config.loss.gamma == 200.0 and config.optim.learning_rate == 1e-4
+
+
+@pytest.mark.parametrize('bits', [12, 24, 32, 48])
+def test_bits_sets_k_and_m_unless_m_is_set(bits):
+  config = importlib.import_module('configs.cub200').get_config()
+  config.bits = bits
+  assert config.model.bits == bits and config.model.num_attention_maps == bits
+  config.model.num_attention_maps = 4
+  assert config.bits == bits and config.model.num_attention_maps == 4

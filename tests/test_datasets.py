@@ -1,0 +1,110 @@
+"""The embedded synthetic dataset and the input pipeline."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from aah_jax import input_pipeline
+from aah_jax.datasets import bird_renderer, dataset_entry, load_builder
+
+
+def _record_digests(builder):
+  root = builder.data_path
+  return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(root.iterdir()) if 'array_record' in p.name}
+
+
+@pytest.fixture(scope='module')
+def tiny_builder(tmp_path_factory):
+  return load_builder('synthetic_birds', 'tiny', str(tmp_path_factory.mktemp('tfds')))
+
+
+def test_builder_is_deterministic(tiny_builder, tmp_path):
+  again = load_builder('synthetic_birds', 'tiny', str(tmp_path))
+  first, second = _record_digests(tiny_builder), _record_digests(again)
+  assert len(first) == 2 and first == second
+
+
+def test_splits_labels_and_attributes(tiny_builder):
+  train = tiny_builder.as_data_source('train')
+  test = tiny_builder.as_data_source('test')
+  assert (len(train), len(test)) == (960, 240)
+  metadata = tiny_builder.info.metadata
+  class_attributes = np.array(metadata['class_attributes'])
+  assert class_attributes.shape == (48, 6)
+  for source in (train, test):
+    for i in range(0, len(source), 37):
+      example = source[i]
+      assert example['image'].shape == (32, 32, 3) and example['image'].dtype == np.uint8
+      np.testing.assert_array_equal(example['attributes'], class_attributes[example['label']])
+  labels = input_pipeline.read_labels(train)
+  assert np.bincount(labels).tolist() == [20] * 48
+
+
+@pytest.mark.parametrize('num_classes', [48, 64])
+def test_classes_are_unique_attribute_combinations_with_close_neighbours(num_classes):
+  classes = bird_renderer.choose_classes(num_classes, seed=0)
+  assert len({tuple(c) for c in classes}) == num_classes
+  assert all(len(set(classes[:, a])) == len(values)
+             for a, (_, values) in enumerate(bird_renderer.ATTRIBUTES))
+  one_apart = sum(any(np.sum(a != b) == 1 for b in classes) for a in classes)
+  assert one_apart >= 0.75 * num_classes  # fine-grained: most classes have a one-attribute twin
+
+
+def test_images_vary_within_a_class():
+  attributes = bird_renderer.choose_classes(48, 0)[0]
+  images = np.stack([bird_renderer.render(attributes, [0, 0, i], 32) for i in range(8)])
+  assert images.std(axis=0).mean() > 30  # pose, background, lighting differ
+  np.testing.assert_array_equal(bird_renderer.render(attributes, [0, 0, 3], 32), images[3])
+
+
+def test_unknown_dataset_is_a_clear_error():
+  with pytest.raises(ValueError, match="'cub'"):
+    dataset_entry('cub')
+
+
+def test_local_slices_are_disjoint_and_cover_each_global_batch():
+  order = np.random.default_rng(0).permutation(48)
+  slices = [input_pipeline.local_slice(order, 16, p, 4) for p in range(4)]
+  for b in range(3):
+    parts = [s[b * 4:(b + 1) * 4] for s in slices]
+    np.testing.assert_array_equal(np.concatenate(parts), order[b * 16:(b + 1) * 16])
+
+
+def test_train_epoch_reads_omega_once_per_epoch(tiny_builder):
+  source = tiny_builder.as_data_source('train')
+  omega = np.random.default_rng(0).permutation(len(source))[:64]
+  order = np.random.default_rng(1).permutation(64)
+  batches = list(input_pipeline.train_epoch(source, omega, order, global_batch=16, image_size=32,
+                                            crop_scale=(0.25, 1.0), seed=5))
+  assert len(batches) == 4
+  positions = np.concatenate([b['position'] for b in batches])
+  np.testing.assert_array_equal(positions, order)
+  np.testing.assert_array_equal(np.concatenate([b['index'] for b in batches]), omega[order])
+  labels = input_pipeline.read_labels(source)
+  np.testing.assert_array_equal(np.concatenate([b['label'] for b in batches]), labels[omega[order]])
+  assert batches[0]['image'].shape == (16, 32, 32, 3) and batches[0]['image'].dtype == np.float32
+  again = list(input_pipeline.train_epoch(source, omega, order, global_batch=16, image_size=32,
+                                          crop_scale=(0.25, 1.0), seed=5))
+  np.testing.assert_array_equal(batches[2]['image'], again[2]['image'])  # seeded augmentation
+
+
+def test_eval_batches_pad_and_mask_the_last_batch(tiny_builder):
+  source = tiny_builder.as_data_source('test')
+  batches = list(input_pipeline.eval_batches(source, global_batch=100, image_size=32))
+  assert len(batches) == 3
+  mask = np.concatenate([b['mask'] for b in batches])
+  index = np.concatenate([b['index'] for b in batches])
+  np.testing.assert_array_equal(index[mask], np.arange(240))
+  assert mask.sum() == 240 and not mask[240:].any()
+
+
+def test_transforms_keep_shape_and_normalise():
+  image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+  crop = input_pipeline.random_resized_crop(image, np.random.default_rng(1), 32)
+  assert crop.shape == (32, 32, 3)
+  view = input_pipeline.resize_center_crop(image, 32)
+  assert view.shape == (32, 32, 3)
+  x = input_pipeline.normalize(image)
+  np.testing.assert_allclose(input_pipeline.to_unit_range(x), image / 255.0, atol=1e-6)

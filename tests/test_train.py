@@ -1,0 +1,160 @@
+"""The sharded train step, the DCC update on the mesh, and the whole run on the tiny config."""
+
+import functools
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+import pytest
+
+from aah_jax import adsh, input_pipeline, train
+from aah_jax.datasets import bird_renderer
+from aah_jax.models import create_model
+from configs import tiny
+
+NUM_DB = 160
+BATCH = 64  # 8 images per device: per-device BatchNorm statistics stay well conditioned
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _setup(bn_groups=1):
+  config = tiny.get_config()
+  config.model.bn_groups = bn_groups
+  model = create_model(config.model)
+  schedule = train.Schedule(4, 2, 0.005, 0.9, 0.1)
+  tx = train.make_optimizer(config.optim, schedule)
+  db_labels = np.arange(NUM_DB) % 8
+  state = jax.jit(functools.partial(train.init_state, model=model, tx=tx, image_size=32,
+                                    db_labels=db_labels, num_samples=2 * BATCH))(jax.random.key(0))
+  state = jax.device_get(state)
+  rng = np.random.default_rng(0)
+  classes = bird_renderer.choose_classes(8, seed=0)
+  images = np.stack([input_pipeline.normalize(bird_renderer.render(classes[i % 8], [0, i], 32))
+                     for i in range(2 * BATCH)])
+  batches = [{
+      'image': images[b * BATCH:(b + 1) * BATCH],
+      'label': db_labels[idx],
+      'index': idx.astype(np.int32),
+      'position': np.arange(BATCH, dtype=np.int32) + BATCH * b,
+  } for b, idx in enumerate(rng.choice(NUM_DB, (2, BATCH), replace=False))]
+  kwargs = dict(model=model, tx=tx, schedule=schedule, weights=train.loss_weights(config),
+                gamma=config.loss.gamma)
+  return state, batches, kwargs
+
+
+def _run_steps(devices, state, batches, kwargs):
+  mesh = Mesh(np.array(devices), ('data',))
+  step = train.compile_train_step(mesh, **kwargs)
+  state = jax.device_put(state, NamedSharding(mesh, P()))
+  history = []
+  for batch in batches:
+    state, metrics = step(state, jax.device_put(batch, NamedSharding(mesh, P('data'))))
+    history.append(metrics)
+  return jax.device_get(state), jax.device_get(history)
+
+
+def _assert_trees_close(a, b, rtol, atol):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def _assert_updates_agree(initial, a, b, fraction):
+  """Per parameter array: the two runs' results differ by at most `fraction` of the update."""
+  for x0, x, y in zip(jax.tree.leaves(initial), jax.tree.leaves(a), jax.tree.leaves(b)):
+    update = np.abs(np.asarray(x) - np.asarray(x0)).max()
+    assert np.abs(np.asarray(x) - np.asarray(y)).max() <= fraction * update + 1e-7
+
+
+@pytest.mark.parametrize('bn_groups', [1, 8])
+def test_train_step_on_1_and_8_devices_agree(bn_groups):
+  assert jax.device_count() == 8
+  state, batches, kwargs = _setup(bn_groups)
+  one, metrics_one = _run_steps(jax.devices()[:1], state, batches, kwargs)
+  eight, metrics_eight = _run_steps(jax.devices(), state, batches, kwargs)
+  # Same global-batch maths; the layouts differ only in float summation order, which the
+  # second step's gradients amplify a little (BatchNorm): the tolerances below bound that.
+  _assert_trees_close(metrics_one, metrics_eight, rtol=1e-5, atol=1e-6)
+  _assert_trees_close((one.batch_stats, one.U), (eight.batch_stats, eight.U), rtol=1e-3,
+                      atol=1e-5)
+  _assert_updates_agree(state.params, one.params, eight.params, fraction=0.05)
+  assert int(one.step) == int(eight.step) == 2
+  # The steps changed the parameters and filled U at the batch positions.
+  assert not np.allclose(one.params['attribute_codec']['W'], state.params['attribute_codec']['W'])
+  assert np.all(np.abs(one.U).sum(axis=1) > 0)
+
+
+def test_per_group_batch_norm_changes_the_step():
+  state, batches, kwargs = _setup(1)
+  global_bn, _ = _run_steps(jax.devices(), state, batches[:1], kwargs)
+  state8, _, kwargs8 = _setup(8)
+  grouped, _ = _run_steps(jax.devices(), state8, batches[:1], kwargs8)
+  assert not np.allclose(global_bn.params['attribute_codec']['W'],
+                         grouped.params['attribute_codec']['W'])
+
+
+def test_sharded_dcc_update_equals_the_unsharded_sweep():
+  rng = np.random.default_rng(0)
+  N, n_omega, k = 80, 24, 12
+  labels = rng.integers(0, 5, N)
+  omega = rng.choice(N, n_omega, replace=False)
+  U = np.tanh(rng.normal(size=(n_omega, k))).astype(np.float32)
+  B = rng.normal(size=(N, k)).astype(np.float32)
+  mesh = Mesh(np.array(jax.devices()), ('data',))
+  update = train.make_database_update(mesh, N, 200.0, True)
+  got = update(B, U, omega, labels[omega], labels)
+  want = adsh.dcc_update(B, U, omega, adsh.similarity(labels[omega], labels), 200.0)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_schedule_phases_and_learning_rate():
+  schedule = train.Schedule(num_iterations=10, steps_per_iteration=3, learning_rate=0.1,
+                            lr_decay_fraction=0.9, lr_decay_factor=0.1)
+  steps = jnp.arange(30)
+  phases = np.asarray(schedule.phase(schedule.iteration(steps)))
+  np.testing.assert_array_equal(phases, [1] * 15 + [2] * 15)
+  lrs = np.asarray(schedule.learning_rate_at(steps))
+  np.testing.assert_allclose(lrs, [0.1] * 27 + [0.01] * 3, rtol=1e-6)
+
+
+def test_bad_batch_sizes_fail_before_compute():
+  config = tiny.get_config()
+  config.train.batch_size = 12
+  with pytest.raises(ValueError, match='batch_size=12 does not divide over 8 devices'):
+    train.validate_config(config, 8)
+  config = tiny.get_config()
+  config.train.num_samples = 250
+  with pytest.raises(ValueError, match='num_samples=250 is not a multiple'):
+    train.validate_config(config, 8)
+  config = tiny.get_config()
+  config.train.num_samples = 992
+  with pytest.raises(ValueError, match=r'N=960'):
+    train.validate_num_samples(config, 960)
+
+
+def test_tiny_config_trains_end_to_end(tmp_path):
+  """The real entry point on configs/tiny.py, in a subprocess on one CPU device."""
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  command = [sys.executable, '-m', 'aah_jax.main', '--config=configs/tiny.py',
+             f'--workdir={tmp_path / "run"}', f'--config.data.data_dir={tmp_path / "data"}']
+  run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-4000:]
+  assert 'mAP@all' in run.stdout and '[10/10]' in run.stdout  # summary and progress
+  results = json.loads((tmp_path / 'run' / 'results.json').read_text())
+  for key in ('dataset', 'bits', 'map_learned_db', 'map_encoded_db', 'map_random', 'history',
+              'wall_time_seconds', 'config'):
+    assert key in results
+  config = tiny.get_config()
+  assert len(results['history']) == config.train.num_iterations == 10
+  assert [h['phase'] for h in results['history']] == [1] * 5 + [2] * 5
+  assert results['num_database'] == 960 and results['num_queries'] == 240
+  assert results['num_devices'] == 1 and results['config']['bits'] == 12
+  # 48 classes: random codes score about 0.03 here. Training must clear that by far.
+  assert results['map_random'] < 0.05
+  assert results['map_learned_db'] > results['map_random'] + 0.08, results
+  assert results['map_encoded_db'] > results['map_random'] + 0.05, results
