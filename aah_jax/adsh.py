@@ -8,6 +8,8 @@ the similarity, γ the quantisation weight, k the code length.
 import jax
 import jax.numpy as jnp
 
+from aah_jax.codes import hash_codes
+
 
 def share_label(labels_a, labels_b):
   """(len(a), len(b)) bool: int class ids are equal, or multi-hot rows share a label."""
@@ -49,10 +51,6 @@ def similarity(labels_a, labels_b, soft: bool = True):
   return similarity_rows(labels_a, labels_b, negative_weight(labels_a, labels_b, soft))
 
 
-def _sign(x):
-  return jnp.where(x >= 0, 1.0, -1.0).astype(x.dtype)
-
-
 @jax.jit
 def dcc_update(B, U, omega, S, gamma):
   """One sweep of discrete cyclic coordinate descent over the bits of B.
@@ -81,6 +79,6 @@ def dcc_update(B, U, omega, S, gamma):
 
   def sweep_bit(j, B):
     coupling = gram[:, j].at[j].set(0.0)  # leaves bit j out of B[:, ≠j] G[≠j, j]
-    return B.at[:, j].set(_sign(Q[:, j] - B @ coupling))
+    return B.at[:, j].set(hash_codes(Q[:, j] - B @ coupling).astype(B.dtype))
 
   return jax.lax.fori_loop(0, k, sweep_bit, B)
