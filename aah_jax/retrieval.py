@@ -2,13 +2,36 @@
 
 Ties in Hamming distance are broken by database index (a stable sort), and every
 database item is ranked: the reference code's ``topk=-1`` slice drops the last one.
+Codes may be ±1, {0, 1}, real values (sign, with sign(0) = +1) or ``PackedCodes``.
+Labels are int class ids (n,) or multi-hot rows (n, L); relevant = same class or
+at least one shared label. Every metric averages over all queries, in chunks so
+that memory stays bounded.
 """
+
+import dataclasses
 
 import numpy as np
 
 
+@dataclasses.dataclass(frozen=True)
+class PackedCodes:
+  """Codes with their bits packed 8 to a byte: bit 1 for +1. words: (n, ⌈bits/8⌉) uint8."""
+
+  words: np.ndarray
+  bits: int
+
+  def __len__(self):
+    return self.words.shape[0]
+
+  def __getitem__(self, rows):
+    return PackedCodes(self.words[rows], self.bits)
+
+
 def as_pm1(codes) -> np.ndarray:
-  """±1 float32 codes from ±1, {0, 1} or real values (sign, with sign(0) = +1)."""
+  """±1 float32 codes from ±1, {0, 1}, real values (sign(0) = +1) or PackedCodes."""
+  if isinstance(codes, PackedCodes):
+    bits = np.unpackbits(codes.words, axis=1, count=codes.bits)
+    return np.where(bits > 0, 1.0, -1.0).astype(np.float32)
   codes = np.asarray(codes)
   if codes.dtype == np.bool_ or (np.issubdtype(codes.dtype, np.integer) and codes.min(initial=0) >= 0
                                  and codes.max(initial=0) <= 1):
@@ -16,11 +39,23 @@ def as_pm1(codes) -> np.ndarray:
   return np.where(codes >= 0, 1.0, -1.0).astype(np.float32)
 
 
+def pack_codes(codes) -> PackedCodes:
+  """Any code form → PackedCodes (k bits in ⌈k/8⌉ bytes per code)."""
+  pm1 = as_pm1(codes)
+  return PackedCodes(np.packbits(pm1 > 0, axis=1), pm1.shape[1])
+
+
 def hamming_distance(query_codes, db_codes) -> np.ndarray:
-  """(q, N) int32 Hamming distances between code sets (any form ``as_pm1`` takes)."""
+  """(q, N) int32 Hamming distances between two code sets (any form ``as_pm1`` takes)."""
+  if isinstance(query_codes, PackedCodes) and isinstance(db_codes, PackedCodes):
+    if query_codes.bits != db_codes.bits:
+      raise ValueError(f'code lengths differ: {query_codes.bits} and {db_codes.bits} bits')
+    xor = query_codes.words[:, None, :] ^ db_codes.words[None, :, :]
+    return np.bitwise_count(xor).sum(axis=-1, dtype=np.int32)
   q, db = as_pm1(query_codes), as_pm1(db_codes)
-  k = q.shape[1]
-  return np.rint((k - q @ db.T) / 2).astype(np.int32)
+  if q.shape[1] != db.shape[1]:
+    raise ValueError(f'code lengths differ: {q.shape[1]} and {db.shape[1]} bits')
+  return np.rint((q.shape[1] - q @ db.T) / 2).astype(np.int32)
 
 
 def relevance(query_labels, db_labels) -> np.ndarray:
@@ -31,22 +66,130 @@ def relevance(query_labels, db_labels) -> np.ndarray:
   return (query_labels.astype(np.float32) @ db_labels.astype(np.float32).T) > 0
 
 
+def _chunks(query_codes, query_labels, db_codes, db_labels, chunk):
+  """(distances, relevance) for successive chunks of queries."""
+  for start in range(0, len(query_codes), chunk):
+    rows = slice(start, start + chunk)
+    yield (hamming_distance(query_codes[rows], db_codes),
+           relevance(np.asarray(query_labels)[rows], db_labels))
+
+
+def hamming_ranking(dist: np.ndarray) -> np.ndarray:
+  """Database indices of each row sorted by (distance, index): a stable sort."""
+  key = dist.astype(np.uint16)  # small unsigned keys: NumPy's stable sort is a radix sort
+  return np.argsort(key, axis=1, kind='stable')
+
+
 def mean_average_precision(query_codes, db_codes, query_labels, db_labels, topk=None,
                            chunk: int = 256) -> float:
   """mAP over queries of the AP of their Hamming ranking (mAP@all when topk is None).
 
-  A query with no relevant item in its ranked list has AP 0.
+  AP@k = Σ_{i ≤ k, relevant} precision@i / (relevant items in the top k); a query
+  with no relevant item in its ranked list has AP 0.
   """
-  num_db = np.asarray(db_codes).shape[0]
+  num_db = len(db_codes)
   topk = num_db if topk is None else min(int(topk), num_db)
   aps = []
-  for start in range(0, len(query_codes), chunk):
-    stop = start + chunk
-    dist = hamming_distance(query_codes[start:stop], db_codes)
-    order = np.argsort(dist, axis=1, kind='stable')[:, :topk]
-    rel = np.take_along_axis(relevance(query_labels[start:stop], db_labels), order, axis=1)
+  for dist, rel in _chunks(query_codes, query_labels, db_codes, db_labels, chunk):
+    order = hamming_ranking(dist)[:, :topk]
+    rel = np.take_along_axis(rel, order, axis=1)
     hits = np.cumsum(rel, axis=1)
     precision_at_hits = np.where(rel, hits / np.arange(1, topk + 1), 0.0)
     num_rel = rel.sum(axis=1)
     aps.append(np.where(num_rel > 0, precision_at_hits.sum(axis=1) / np.maximum(num_rel, 1), 0.0))
   return float(np.concatenate(aps).mean())
+
+
+def _bucket_counts(dist: np.ndarray, rel: np.ndarray, bits: int):
+  """Per query and distance d ∈ [0, bits]: items n_d and relevant items r_d, (q, bits + 1)."""
+  q = dist.shape[0]
+  flat = (dist + (bits + 1) * np.arange(q)[:, None]).ravel()
+  n = np.bincount(flat, minlength=q * (bits + 1)).reshape(q, bits + 1)
+  r = np.bincount(flat, weights=rel.ravel(), minlength=q * (bits + 1)).reshape(q, bits + 1)
+  return n.astype(np.float64), r
+
+
+def _code_length(codes) -> int:
+  return codes.bits if isinstance(codes, PackedCodes) else np.asarray(codes).shape[1]
+
+
+def tie_aware_mean_average_precision(query_codes, db_codes, query_labels, db_labels,
+                                     chunk: int = 256) -> float:
+  """mAP@all as the expected AP over all orderings of items tied in distance.
+
+  For a query, the items at distance d occupy ranks L+1 … L+n (L items nearer);
+  each of them is relevant with probability r/n, and given that, the relevant
+  items ahead of it in its bucket number (i−1)(r−1)/(n−1) on average, so the
+  bucket adds (r/n) Σ_i (R_< + 1 + (i−1)(r−1)/(n−1)) / (L + i), summed in closed
+  form with harmonic numbers (McSherry & Najork, ECIR 2008). Needs only the
+  per-distance counts: no sort.
+  """
+  bits = _code_length(query_codes)
+  harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, len(db_codes) + 1))])
+  aps = []
+  for dist, rel in _chunks(query_codes, query_labels, db_codes, db_labels, chunk):
+    n, r = _bucket_counts(dist, rel, bits)
+    before = np.cumsum(n, axis=1) - n  # L: items nearer than each distance
+    rel_before = np.cumsum(r, axis=1) - r  # R_<
+    h = harmonic[(before + n).astype(np.int64)] - harmonic[before.astype(np.int64)]
+    sum_inv = h  # Σ_i 1/(L+i)
+    sum_frac = n - (before + 1) * h  # Σ_i (i−1)/(L+i)
+    slope = np.where(n > 1, (r - 1) / np.maximum(n - 1, 1), 0.0)
+    contribution = np.where(n > 0, r / np.maximum(n, 1) * ((rel_before + 1) * sum_inv
+                                                            + slope * sum_frac), 0.0)
+    total_rel = r.sum(axis=1)
+    aps.append(np.where(total_rel > 0, contribution.sum(axis=1) / np.maximum(total_rel, 1), 0.0))
+  return float(np.concatenate(aps).mean())
+
+
+def precision_recall_at_k(query_codes, db_codes, query_labels, db_labels, ks,
+                          chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+  """Mean precision@k and recall@k over queries for each k in ks (stable tie rule).
+
+  recall@k is 0 for a query with no relevant item in the database.
+  """
+  ks = np.asarray(ks, np.int64)
+  if ks.min() < 1 or ks.max() > len(db_codes):
+    raise ValueError(f'every k must be in [1, {len(db_codes)}]; got {ks.tolist()}')
+  precision, recall = [], []
+  for dist, rel in _chunks(query_codes, query_labels, db_codes, db_labels, chunk):
+    ranked = np.take_along_axis(rel, hamming_ranking(dist)[:, :ks.max()], axis=1)
+    hits = np.cumsum(ranked, axis=1)[:, ks - 1]
+    precision.append(hits / ks)
+    total = rel.sum(axis=1, keepdims=True)
+    recall.append(np.where(total > 0, hits / np.maximum(total, 1), 0.0))
+  return np.concatenate(precision).mean(axis=0), np.concatenate(recall).mean(axis=0)
+
+
+def precision_recall_by_radius(query_codes, db_codes, query_labels, db_labels,
+                               chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+  """The precision-recall curve over Hamming radii 0 … k: mean over queries of the
+  precision and recall of the items within distance r (precision 0 where none is)."""
+  bits = _code_length(query_codes)
+  precision, recall = [], []
+  for dist, rel in _chunks(query_codes, query_labels, db_codes, db_labels, chunk):
+    n, r = _bucket_counts(dist, rel, bits)
+    within, rel_within = np.cumsum(n, axis=1), np.cumsum(r, axis=1)
+    precision.append(np.where(within > 0, rel_within / np.maximum(within, 1), 0.0))
+    total = rel_within[:, -1:]
+    recall.append(np.where(total > 0, rel_within / np.maximum(total, 1), 0.0))
+  return np.concatenate(precision).mean(axis=0), np.concatenate(recall).mean(axis=0)
+
+
+def precision_within_radius(query_codes, db_codes, query_labels, db_labels, radius: int = 2,
+                            chunk: int = 256) -> float:
+  """Mean over queries of the precision of the items within Hamming distance ``radius``."""
+  precision, _ = precision_recall_by_radius(query_codes, db_codes, query_labels, db_labels, chunk)
+  return float(precision[min(radius, len(precision) - 1)])
+
+
+def search(query_codes, db_codes, k: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+  """Top-k neighbours by (Hamming distance, database index): (distances, indices), (q, k)."""
+  k = min(int(k), len(db_codes))
+  distances, indices = [], []
+  for start in range(0, len(query_codes), chunk):
+    dist = hamming_distance(query_codes[start:start + chunk], db_codes)
+    order = hamming_ranking(dist)[:, :k]
+    indices.append(order)
+    distances.append(np.take_along_axis(dist, order, axis=1))
+  return np.concatenate(distances), np.concatenate(indices)

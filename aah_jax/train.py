@@ -216,11 +216,14 @@ def encode_split(encoder, variables, source, *, global_batch: int, image_size: i
 
 
 def evaluate(query_u, db_u, B, query_labels, db_labels, seed: int) -> dict:
-  """mAP@all of the query codes against the learned B, the encoded database, and random codes."""
+  """mAP@all of the query codes against the learned B, the encoded database, and random codes
+  (and, against B, the tie-aware mAP: the expected AP over orderings of equidistant items)."""
   query_codes = np.asarray(hash_codes(query_u))
   rng = np.random.default_rng(seed)
   return {
       'map_learned_db': retrieval.mean_average_precision(query_codes, B, query_labels, db_labels),
+      'map_tie_aware_learned_db': retrieval.tie_aware_mean_average_precision(
+          query_codes, B, query_labels, db_labels),
       'map_encoded_db': retrieval.mean_average_precision(
           query_codes, np.asarray(hash_codes(db_u)), query_labels, db_labels),
       'map_random': retrieval.mean_average_precision(
@@ -395,6 +398,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'dataset': config.dataset,
       'bits': int(config.bits),
       'map_learned_db': final['map_learned_db'],
+      'map_tie_aware_learned_db': final['map_tie_aware_learned_db'],
       'map_encoded_db': final['map_encoded_db'],
       'map_random': final['map_random'],
       # Selection on the test set, as the reference code reports it: logged, not a result.

@@ -1,4 +1,6 @@
-"""mAP@all against a brute-force per-query implementation."""
+"""Retrieval metrics against brute-force per-query implementations."""
+
+import itertools
 
 import numpy as np
 import pytest
@@ -55,3 +57,100 @@ def test_hand_computed_case_counts_the_last_item():
   np.testing.assert_array_equal(retrieval.hamming_distance(np.array([[0.3, -0.0]]),
                                                            np.array([[0, 1], [1, 1]])),
                                 [[1, 0]])
+
+
+def _ap(relevant_in_order):
+  hits, total = 0, 0.0
+  for rank, r in enumerate(relevant_in_order, start=1):
+    if r:
+      hits += 1
+      total += hits / rank
+  return total / hits if hits else 0.0
+
+
+def _brute_force_tie_aware_ap(dist, rel):
+  """The mean AP over every ordering of the items within each distance bucket."""
+  buckets = [[j for j in range(len(dist)) if dist[j] == d] for d in sorted(set(dist))]
+  aps = [_ap([rel[j] for group in orders for j in group])
+         for orders in itertools.product(*(itertools.permutations(b) for b in buckets))]
+  return float(np.mean(aps))
+
+
+@pytest.mark.parametrize('seed', range(4))
+def test_tie_aware_map_is_the_mean_over_tie_orderings(seed):
+  rng = np.random.default_rng(seed)
+  q = rng.choice([-1, 1], (4, 3))
+  db = rng.choice([-1, 1], (7, 3))  # 3 bits over 7 items: buckets of up to ~4 tied items
+  ql, dbl = rng.integers(0, 3, 4), rng.integers(0, 3, 7)
+  dist = retrieval.hamming_distance(q, db)
+  rel = retrieval.relevance(ql, dbl)
+  want = np.mean([_brute_force_tie_aware_ap(dist[i], rel[i]) for i in range(4)])
+  assert retrieval.tie_aware_mean_average_precision(q, db, ql, dbl, chunk=3) == pytest.approx(
+      want, rel=1e-12)
+
+
+def test_tie_aware_map_equals_map_without_ties():
+  db = np.array([[1, 1, 1], [1, 1, -1], [1, -1, -1], [-1, -1, -1]])
+  q = np.array([[1, 1, 1]])
+  for labels in ([0, 1, 0, 1], [1, 1, 0, 0], [1, 0, 0, 0]):
+    assert retrieval.tie_aware_mean_average_precision(q, db, [0], labels) == pytest.approx(
+        retrieval.mean_average_precision(q, db, [0], labels))
+
+
+def _brute_force_ranking(q, db):
+  dist = retrieval.hamming_distance(q, db)
+  return dist, [sorted(range(len(db)), key=lambda j: (dist[i, j], j)) for i in range(len(q))]
+
+
+def test_precision_recall_at_k_and_search_match_brute_force():
+  rng = np.random.default_rng(5)
+  q, db = rng.choice([-1, 1], (9, 12)), rng.choice([-1, 1], (50, 12))
+  ql, dbl = rng.integers(0, 4, 9), rng.integers(0, 4, 50)
+  ql[0] = 9  # no relevant item: precision and recall 0
+  dist, ranking = _brute_force_ranking(q, db)
+  ks = [1, 5, 50]
+  precision, recall = retrieval.precision_recall_at_k(q, db, ql, dbl, ks, chunk=4)
+  for col, k in enumerate(ks):
+    hits = [sum(ql[i] == dbl[j] for j in ranking[i][:k]) for i in range(9)]
+    totals = [sum(ql[i] == dbl) for i in range(9)]
+    assert precision[col] == pytest.approx(np.mean([h / k for h in hits]))
+    assert recall[col] == pytest.approx(np.mean([h / t if t else 0.0 for h, t in zip(hits, totals)]))
+  distances, indices = retrieval.search(q, db, 6, chunk=4)
+  np.testing.assert_array_equal(indices, [r[:6] for r in ranking])
+  np.testing.assert_array_equal(distances, [[dist[i, j] for j in r[:6]] for i, r in enumerate(ranking)])
+  with pytest.raises(ValueError, match='every k'):
+    retrieval.precision_recall_at_k(q, db, ql, dbl, [0])
+
+
+def test_precision_recall_by_radius_matches_brute_force():
+  rng = np.random.default_rng(6)
+  q, db = rng.choice([-1, 1], (8, 6)), rng.choice([-1, 1], (30, 6))
+  ql = (rng.random((8, 3)) < 0.4).astype(int)
+  dbl = (rng.random((30, 3)) < 0.4).astype(int)
+  dist = retrieval.hamming_distance(q, db)
+  rel = retrieval.relevance(ql, dbl)
+  precision, recall = retrieval.precision_recall_by_radius(q, db, ql, dbl, chunk=5)
+  for radius in range(7):
+    p, r = [], []
+    for i in range(8):
+      inside = dist[i] <= radius
+      p.append(rel[i][inside].mean() if inside.any() else 0.0)
+      r.append(rel[i][inside].sum() / rel[i].sum() if rel[i].any() else 0.0)
+    assert precision[radius] == pytest.approx(np.mean(p))
+    assert recall[radius] == pytest.approx(np.mean(r))
+  assert retrieval.precision_within_radius(q, db, ql, dbl, radius=2) == pytest.approx(precision[2])
+
+
+@pytest.mark.parametrize('bits', [12, 13, 48])
+def test_packed_codes_round_trip_and_distances(bits):
+  rng = np.random.default_rng(bits)
+  q, db = rng.normal(size=(5, bits)), rng.choice([0, 1], (20, bits))
+  packed_q, packed_db = retrieval.pack_codes(q), retrieval.pack_codes(db)
+  assert packed_q.words.dtype == np.uint8 and packed_q.words.shape == (5, -(-bits // 8))
+  np.testing.assert_array_equal(retrieval.as_pm1(packed_q), retrieval.as_pm1(q))
+  np.testing.assert_array_equal(retrieval.hamming_distance(packed_q, packed_db),
+                                retrieval.hamming_distance(q, db))
+  assert retrieval.mean_average_precision(packed_q, packed_db, [0] * 5, [0, 1] * 10) == \
+      pytest.approx(retrieval.mean_average_precision(q, db, [0] * 5, [0, 1] * 10))
+  with pytest.raises(ValueError, match='code lengths differ'):
+    retrieval.hamming_distance(packed_q, retrieval.pack_codes(db[:, :-1]))

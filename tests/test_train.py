@@ -151,6 +151,7 @@ def test_tiny_config_trains_end_to_end(tmp_path):
   for key in ('dataset', 'bits', 'map_learned_db', 'map_encoded_db', 'map_random', 'history',
               'wall_time_seconds', 'config'):
     assert key in results
+  assert abs(results['map_tie_aware_learned_db'] - results['map_learned_db']) < 0.05
   config = tiny.get_config()
   assert len(results['history']) == config.train.num_iterations == 10
   assert [h['phase'] for h in results['history']] == [1] * 5 + [2] * 5
