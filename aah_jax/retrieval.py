@@ -50,12 +50,27 @@ def hamming_distance(query_codes, db_codes) -> np.ndarray:
   if isinstance(query_codes, PackedCodes) and isinstance(db_codes, PackedCodes):
     if query_codes.bits != db_codes.bits:
       raise ValueError(f'code lengths differ: {query_codes.bits} and {db_codes.bits} bits')
-    xor = query_codes.words[:, None, :] ^ db_codes.words[None, :, :]
-    return np.bitwise_count(xor).sum(axis=-1, dtype=np.int32)
+    q, db = _as_words64(query_codes.words), _as_words64(db_codes.words)
+    dist = np.zeros((len(q), len(db)), np.int32)
+    for w in range(q.shape[1]):  # XOR + popcount, one 64-bit word at a time
+      dist += np.bitwise_count(q[:, w, None] ^ db[None, :, w])
+    return dist
   q, db = as_pm1(query_codes), as_pm1(db_codes)
   if q.shape[1] != db.shape[1]:
     raise ValueError(f'code lengths differ: {q.shape[1]} and {db.shape[1]} bits')
   return np.rint((q.shape[1] - q @ db.T) / 2).astype(np.int32)
+
+
+def _as_words64(words: np.ndarray) -> np.ndarray:
+  """(n, bytes) uint8 → (n, ⌈bytes/8⌉) uint64, zero-padded (padding adds no distance)."""
+  pad = -words.shape[1] % 8
+  words = np.pad(words, ((0, 0), (0, pad)))
+  return np.ascontiguousarray(words).view(np.uint64)
+
+
+def _query_chunk(chunk: int, num_db: int) -> int:
+  """Queries per chunk, so that a chunk's (q, N) arrays stay near 16M elements."""
+  return max(1, min(chunk, (1 << 24) // max(num_db, 1)))
 
 
 def relevance(query_labels, db_labels) -> np.ndarray:
@@ -68,6 +83,7 @@ def relevance(query_labels, db_labels) -> np.ndarray:
 
 def _chunks(query_codes, query_labels, db_codes, db_labels, chunk):
   """(distances, relevance) for successive chunks of queries."""
+  chunk = _query_chunk(chunk, len(db_codes))
   for start in range(0, len(query_codes), chunk):
     rows = slice(start, start + chunk)
     yield (hamming_distance(query_codes[rows], db_codes),
@@ -100,13 +116,16 @@ def mean_average_precision(query_codes, db_codes, query_labels, db_labels, topk=
   return float(np.concatenate(aps).mean())
 
 
-def _bucket_counts(dist: np.ndarray, rel: np.ndarray, bits: int):
-  """Per query and distance d ∈ [0, bits]: items n_d and relevant items r_d, (q, bits + 1)."""
+def _bucket_counts(dist: np.ndarray, rel, bits: int):
+  """Per query and distance d ∈ [0, bits]: items n_d and (unless rel is None) relevant
+  items r_d, each (q, bits + 1) float64."""
   q = dist.shape[0]
   flat = (dist + (bits + 1) * np.arange(q)[:, None]).ravel()
-  n = np.bincount(flat, minlength=q * (bits + 1)).reshape(q, bits + 1)
+  n = np.bincount(flat, minlength=q * (bits + 1)).reshape(q, bits + 1).astype(np.float64)
+  if rel is None:
+    return n, None
   r = np.bincount(flat, weights=rel.ravel(), minlength=q * (bits + 1)).reshape(q, bits + 1)
-  return n.astype(np.float64), r
+  return n, r
 
 
 def _code_length(codes) -> int:
@@ -184,12 +203,28 @@ def precision_within_radius(query_codes, db_codes, query_labels, db_labels, radi
 
 
 def search(query_codes, db_codes, k: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-  """Top-k neighbours by (Hamming distance, database index): (distances, indices), (q, k)."""
+  """Top-k neighbours by (Hamming distance, database index): (distances, indices), (q, k).
+
+  Selects by counting rather than sorting: the k-th distance t of each query comes from
+  its per-distance counts; the result is every item nearer than t and the first
+  (by index) of those at distance t.
+  """
   k = min(int(k), len(db_codes))
+  bits = _code_length(query_codes)
+  chunk = _query_chunk(chunk, len(db_codes))
   distances, indices = [], []
   for start in range(0, len(query_codes), chunk):
     dist = hamming_distance(query_codes[start:start + chunk], db_codes)
-    order = hamming_ranking(dist)[:, :k]
-    indices.append(order)
-    distances.append(np.take_along_axis(dist, order, axis=1))
+    counts, _ = _bucket_counts(dist, None, bits)
+    threshold = np.argmax(np.cumsum(counts, axis=1) >= k, axis=1)[:, None]
+    nearer = dist < threshold
+    at_threshold = dist == threshold
+    room = k - nearer.sum(axis=1, keepdims=True)
+    chosen = nearer | (at_threshold & (np.cumsum(at_threshold, axis=1) <= room))
+    _, cols = np.nonzero(chosen)  # row-major: indices ascending within each query
+    cols = cols.reshape(len(dist), k)
+    picked = np.take_along_axis(dist, cols, axis=1)
+    order = np.argsort(picked.astype(np.uint16), axis=1, kind='stable')
+    indices.append(np.take_along_axis(cols, order, axis=1))
+    distances.append(np.take_along_axis(picked, order, axis=1))
   return np.concatenate(distances), np.concatenate(indices)

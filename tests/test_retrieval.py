@@ -154,3 +154,14 @@ def test_packed_codes_round_trip_and_distances(bits):
       pytest.approx(retrieval.mean_average_precision(q, db, [0] * 5, [0, 1] * 10))
   with pytest.raises(ValueError, match='code lengths differ'):
     retrieval.hamming_distance(packed_q, retrieval.pack_codes(db[:, :-1]))
+
+
+@pytest.mark.parametrize('k', [1, 4, 9, 40])
+def test_search_cuts_ties_by_index(k):
+  rng = np.random.default_rng(k)
+  q, db = rng.choice([-1, 1], (5, 3)), rng.choice([-1, 1], (40, 3))  # 3 bits: large tied groups
+  dist, ranking = _brute_force_ranking(q, db)
+  for codes in ((q, db), (retrieval.pack_codes(q), retrieval.pack_codes(db))):
+    distances, indices = retrieval.search(*codes, k, chunk=2)
+    np.testing.assert_array_equal(indices, [r[:k] for r in ranking])
+    np.testing.assert_array_equal(distances, np.take_along_axis(dist, indices, axis=1))
