@@ -45,20 +45,33 @@ def pack_codes(codes) -> PackedCodes:
   return PackedCodes(np.packbits(pm1 > 0, axis=1), pm1.shape[1])
 
 
-def hamming_distance(query_codes, db_codes) -> np.ndarray:
-  """(q, N) int32 Hamming distances between two code sets (any form ``as_pm1`` takes)."""
-  if isinstance(query_codes, PackedCodes) and isinstance(db_codes, PackedCodes):
-    if query_codes.bits != db_codes.bits:
-      raise ValueError(f'code lengths differ: {query_codes.bits} and {db_codes.bits} bits')
-    q, db = _as_words64(query_codes.words), _as_words64(db_codes.words)
-    dist = np.zeros((len(q), len(db)), np.int32)
-    for w in range(q.shape[1]):  # XOR + popcount, one 64-bit word at a time
-      dist += np.bitwise_count(q[:, w, None] ^ db[None, :, w])
+def _prepared(codes):
+  """PackedCodes stay packed; any other form becomes ±1 float32, once."""
+  return codes if isinstance(codes, PackedCodes) else as_pm1(codes)
+
+
+def _distance(q, db) -> np.ndarray:
+  """Hamming distances between two prepared code sets of the same kind."""
+  if isinstance(q, PackedCodes):
+    if q.bits != db.bits:
+      raise ValueError(f'code lengths differ: {q.bits} and {db.bits} bits')
+    q_words, db_words = _as_words64(q.words), _as_words64(db.words)
+    dist = np.zeros((len(q_words), len(db_words)), np.int32)
+    for w in range(q_words.shape[1]):  # XOR + popcount, one 64-bit word at a time
+      dist += np.bitwise_count(q_words[:, w, None] ^ db_words[None, :, w])
     return dist
-  q, db = as_pm1(query_codes), as_pm1(db_codes)
   if q.shape[1] != db.shape[1]:
     raise ValueError(f'code lengths differ: {q.shape[1]} and {db.shape[1]} bits')
-  return np.rint((q.shape[1] - q @ db.T) / 2).astype(np.int32)
+  # ±1 codes: q·b is an exact integer in float32 (k < 2^24), so no rounding is needed.
+  return ((q.shape[1] - q @ db.T) * 0.5).astype(np.int32)
+
+
+def hamming_distance(query_codes, db_codes) -> np.ndarray:
+  """(q, N) int32 Hamming distances between two code sets (any form ``as_pm1`` takes)."""
+  q, db = _prepared(query_codes), _prepared(db_codes)
+  if isinstance(q, PackedCodes) != isinstance(db, PackedCodes):
+    q, db = as_pm1(q), as_pm1(db)
+  return _distance(q, db)
 
 
 def _as_words64(words: np.ndarray) -> np.ndarray:
@@ -84,6 +97,7 @@ def relevance(query_labels, db_labels) -> np.ndarray:
 def _chunks(query_codes, query_labels, db_codes, db_labels, chunk):
   """(distances, relevance) for successive chunks of queries."""
   chunk = _query_chunk(chunk, len(db_codes))
+  db_codes = _prepared(db_codes)
   for start in range(0, len(query_codes), chunk):
     rows = slice(start, start + chunk)
     yield (hamming_distance(query_codes[rows], db_codes),
@@ -107,12 +121,13 @@ def mean_average_precision(query_codes, db_codes, query_labels, db_labels, topk=
   topk = num_db if topk is None else min(int(topk), num_db)
   aps = []
   for dist, rel in _chunks(query_codes, query_labels, db_codes, db_labels, chunk):
-    order = hamming_ranking(dist)[:, :topk]
-    rel = np.take_along_axis(rel, order, axis=1)
-    hits = np.cumsum(rel, axis=1)
-    precision_at_hits = np.where(rel, hits / np.arange(1, topk + 1), 0.0)
-    num_rel = rel.sum(axis=1)
-    aps.append(np.where(num_rel > 0, precision_at_hits.sum(axis=1) / np.maximum(num_rel, 1), 0.0))
+    ranked = np.take_along_axis(rel, hamming_ranking(dist)[:, :topk], axis=1)
+    # Only the relevant positions matter: row-major nonzero lists them rank by rank.
+    rows, ranks = np.nonzero(ranked)
+    found = np.bincount(rows, minlength=len(dist))
+    hits = np.arange(len(rows)) - (np.cumsum(found) - found)[rows] + 1
+    total = np.bincount(rows, weights=hits / (ranks + 1), minlength=len(dist))
+    aps.append(np.where(found > 0, total / np.maximum(found, 1), 0.0))
   return float(np.concatenate(aps).mean())
 
 
