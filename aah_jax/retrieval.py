@@ -2,7 +2,8 @@
 
 Ties in Hamming distance are broken by database index (a stable sort), and every
 database item is ranked: the reference code's ``topk=-1`` slice drops the last one.
-Codes may be ±1, {0, 1}, real values (sign, with sign(0) = +1) or ``PackedCodes``.
+Codes may be ±1, {0, 1} (an integer or bool array), real values (sign, with
+sign(0) = +1; so float 0/1 arrays count as real values) or ``PackedCodes``.
 Labels are int class ids (n,) or multi-hot rows (n, L); relevant = same class or
 at least one shared label. Every metric averages over all queries, in chunks so
 that memory stays bounded.
