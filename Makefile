@@ -1,6 +1,6 @@
 # `make run`: install into .venv and run the main job on the embedded default dataset.
 # `make test`: install into .venv and run the test suite.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 WORKDIR ?= runs/default
 
