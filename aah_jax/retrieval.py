@@ -47,8 +47,12 @@ def pack_codes(codes) -> PackedCodes:
 
 
 def _prepared(codes):
-  """PackedCodes stay packed; any other form becomes ±1 float32, once."""
-  return codes if isinstance(codes, PackedCodes) else as_pm1(codes)
+  """PackedCodes get whole 64-bit words (zero padding adds no distance); any other
+  form becomes ±1 float32. Done once per code set, not per chunk of queries."""
+  if not isinstance(codes, PackedCodes):
+    return as_pm1(codes)
+  pad = -codes.words.shape[1] % 8
+  return PackedCodes(np.ascontiguousarray(np.pad(codes.words, ((0, 0), (0, pad)))), codes.bits)
 
 
 def _distance(q, db) -> np.ndarray:
@@ -56,7 +60,7 @@ def _distance(q, db) -> np.ndarray:
   if isinstance(q, PackedCodes):
     if q.bits != db.bits:
       raise ValueError(f'code lengths differ: {q.bits} and {db.bits} bits')
-    q_words, db_words = _as_words64(q.words), _as_words64(db.words)
+    q_words, db_words = q.words.view(np.uint64), db.words.view(np.uint64)
     dist = np.zeros((len(q_words), len(db_words)), np.int32)
     for w in range(q_words.shape[1]):  # XOR + popcount, one 64-bit word at a time
       dist += np.bitwise_count(q_words[:, w, None] ^ db_words[None, :, w])
@@ -75,13 +79,6 @@ def hamming_distance(query_codes, db_codes) -> np.ndarray:
   return _distance(q, db)
 
 
-def _as_words64(words: np.ndarray) -> np.ndarray:
-  """(n, bytes) uint8 → (n, ⌈bytes/8⌉) uint64, zero-padded (padding adds no distance)."""
-  pad = -words.shape[1] % 8
-  words = np.pad(words, ((0, 0), (0, pad)))
-  return np.ascontiguousarray(words).view(np.uint64)
-
-
 def _query_chunk(chunk: int, num_db: int) -> int:
   """Queries per chunk, so that a chunk's (q, N) arrays stay near 16M elements."""
   return max(1, min(chunk, (1 << 24) // max(num_db, 1)))
@@ -95,14 +92,19 @@ def relevance(query_labels, db_labels) -> np.ndarray:
   return (query_labels.astype(np.float32) @ db_labels.astype(np.float32).T) > 0
 
 
-def _chunks(query_codes, query_labels, db_codes, db_labels, chunk):
-  """(distances, relevance) for successive chunks of queries."""
+def _distance_chunks(query_codes, db_codes, chunk):
+  """(rows, distances) for successive chunks of queries; the database prepared once."""
   chunk = _query_chunk(chunk, len(db_codes))
   db_codes = _prepared(db_codes)
   for start in range(0, len(query_codes), chunk):
     rows = slice(start, start + chunk)
-    yield (hamming_distance(query_codes[rows], db_codes),
-           relevance(np.asarray(query_labels)[rows], db_labels))
+    yield rows, hamming_distance(query_codes[rows], db_codes)
+
+
+def _chunks(query_codes, query_labels, db_codes, db_labels, chunk):
+  """(distances, relevance) for successive chunks of queries."""
+  for rows, dist in _distance_chunks(query_codes, db_codes, chunk):
+    yield dist, relevance(np.asarray(query_labels)[rows], db_labels)
 
 
 def hamming_ranking(dist: np.ndarray) -> np.ndarray:
@@ -166,9 +168,8 @@ def tie_aware_mean_average_precision(query_codes, db_codes, query_labels, db_lab
     n, r = _bucket_counts(dist, rel, bits)
     before = np.cumsum(n, axis=1) - n  # L: items nearer than each distance
     rel_before = np.cumsum(r, axis=1) - r  # R_<
-    h = harmonic[(before + n).astype(np.int64)] - harmonic[before.astype(np.int64)]
-    sum_inv = h  # Σ_i 1/(L+i)
-    sum_frac = n - (before + 1) * h  # Σ_i (i−1)/(L+i)
+    sum_inv = harmonic[(before + n).astype(np.int64)] - harmonic[before.astype(np.int64)]
+    sum_frac = n - (before + 1) * sum_inv  # Σ_i (i−1)/(L+i); sum_inv is Σ_i 1/(L+i)
     slope = np.where(n > 1, (r - 1) / np.maximum(n - 1, 1), 0.0)
     contribution = np.where(n > 0, r / np.maximum(n, 1) * ((rel_before + 1) * sum_inv
                                                             + slope * sum_frac), 0.0)
@@ -227,10 +228,8 @@ def search(query_codes, db_codes, k: int, chunk: int = 256) -> tuple[np.ndarray,
   """
   k = min(int(k), len(db_codes))
   bits = _code_length(query_codes)
-  chunk = _query_chunk(chunk, len(db_codes))
   distances, indices = [], []
-  for start in range(0, len(query_codes), chunk):
-    dist = hamming_distance(query_codes[start:start + chunk], db_codes)
+  for _, dist in _distance_chunks(query_codes, db_codes, chunk):
     counts, _ = _bucket_counts(dist, None, bits)
     threshold = np.argmax(np.cumsum(counts, axis=1) >= k, axis=1)[:, None]
     nearer = dist < threshold
@@ -240,7 +239,7 @@ def search(query_codes, db_codes, k: int, chunk: int = 256) -> tuple[np.ndarray,
     _, cols = np.nonzero(chosen)  # row-major: indices ascending within each query
     cols = cols.reshape(len(dist), k)
     picked = np.take_along_axis(dist, cols, axis=1)
-    order = np.argsort(picked.astype(np.uint16), axis=1, kind='stable')
+    order = hamming_ranking(picked)
     indices.append(np.take_along_axis(cols, order, axis=1))
     distances.append(np.take_along_axis(picked, order, axis=1))
   return np.concatenate(distances), np.concatenate(indices)

@@ -23,7 +23,7 @@ import optax
 
 from aah_jax import adsh, datasets, input_pipeline, losses, retrieval
 from aah_jax.codes import hash_codes
-from aah_jax.models import A2NetPlusPlus, create_model
+from aah_jax.models import A2NetPlusPlus, create_model, init_variables
 
 
 # ----------------------------------------------------------------------------- state
@@ -260,8 +260,7 @@ def validate_num_samples(config, num_database: int):
 def init_state(rng, model: A2NetPlusPlus, tx, *, image_size: int, db_labels, num_samples: int):
   """Fresh network, optimiser, B ~ N(0, 1) real-valued, U = 0."""
   params_rng, codes_rng = jax.random.split(rng)
-  images = jnp.zeros((model.bn_groups, image_size, image_size, 3), jnp.float32)
-  variables = model.init(params_rng, images, train=True)
+  variables = init_variables(model, params_rng, image_size)
   return TrainState(
       step=jnp.int32(0),
       params=variables['params'],
