@@ -43,7 +43,7 @@ def test_map_multi_hot_and_no_relevant_items():
   ql = (rng.random((10, 5)) < 0.3).astype(int)
   ql[0] = 0  # no relevant item: AP 0
   dbl = (rng.random((40, 5)) < 0.3).astype(int)
-  assert retrieval.mean_average_precision(q, db, ql, dbl, chunk=3) == pytest.approx(
+  assert retrieval.mean_average_precision(q, db, ql, dbl) == pytest.approx(
       _brute_force_map(q, db, ql, dbl), rel=1e-12)
 
 
@@ -85,7 +85,7 @@ def test_tie_aware_map_is_the_mean_over_tie_orderings(seed):
   dist = retrieval.hamming_distance(q, db)
   rel = retrieval.relevance(ql, dbl)
   want = np.mean([_brute_force_tie_aware_ap(dist[i], rel[i]) for i in range(4)])
-  assert retrieval.tie_aware_mean_average_precision(q, db, ql, dbl, chunk=3) == pytest.approx(
+  assert retrieval.tie_aware_mean_average_precision(q, db, ql, dbl) == pytest.approx(
       want, rel=1e-12)
 
 
@@ -97,8 +97,13 @@ def test_tie_aware_map_equals_map_without_ties():
         retrieval.mean_average_precision(q, db, [0], labels))
 
 
+def _numpy_distance(q, db):
+  """Hamming distances by comparing signs (sign(0) = +1), element by element."""
+  return np.sum((np.asarray(q)[:, None, :] >= 0) != (np.asarray(db)[None, :, :] >= 0), axis=-1)
+
+
 def _brute_force_ranking(q, db):
-  dist = retrieval.hamming_distance(q, db)
+  dist = _numpy_distance(q, db)
   return dist, [sorted(range(len(db)), key=lambda j: (dist[i, j], j)) for i in range(len(q))]
 
 
@@ -109,13 +114,13 @@ def test_precision_recall_at_k_and_search_match_brute_force():
   ql[0] = 9  # no relevant item: precision and recall 0
   dist, ranking = _brute_force_ranking(q, db)
   ks = [1, 5, 50]
-  precision, recall = retrieval.precision_recall_at_k(q, db, ql, dbl, ks, chunk=4)
+  precision, recall = retrieval.precision_recall_at_k(q, db, ql, dbl, ks)
   for col, k in enumerate(ks):
     hits = [sum(ql[i] == dbl[j] for j in ranking[i][:k]) for i in range(9)]
     totals = [sum(ql[i] == dbl) for i in range(9)]
     assert precision[col] == pytest.approx(np.mean([h / k for h in hits]))
     assert recall[col] == pytest.approx(np.mean([h / t if t else 0.0 for h, t in zip(hits, totals)]))
-  distances, indices = retrieval.search(q, db, 6, chunk=4)
+  distances, indices = retrieval.search(q, db, 6)
   np.testing.assert_array_equal(indices, [r[:6] for r in ranking])
   np.testing.assert_array_equal(distances, [[dist[i, j] for j in r[:6]] for i, r in enumerate(ranking)])
   with pytest.raises(ValueError, match='every k'):
@@ -127,9 +132,9 @@ def test_precision_recall_by_radius_matches_brute_force():
   q, db = rng.choice([-1, 1], (8, 6)), rng.choice([-1, 1], (30, 6))
   ql = (rng.random((8, 3)) < 0.4).astype(int)
   dbl = (rng.random((30, 3)) < 0.4).astype(int)
-  dist = retrieval.hamming_distance(q, db)
-  rel = retrieval.relevance(ql, dbl)
-  precision, recall = retrieval.precision_recall_by_radius(q, db, ql, dbl, chunk=5)
+  dist = _numpy_distance(q, db)
+  rel = (ql @ dbl.T) > 0
+  precision, recall = retrieval.precision_recall_by_radius(q, db, ql, dbl)
   for radius in range(7):
     p, r = [], []
     for i in range(8):
@@ -141,7 +146,7 @@ def test_precision_recall_by_radius_matches_brute_force():
   assert retrieval.precision_within_radius(q, db, ql, dbl, radius=2) == pytest.approx(precision[2])
 
 
-@pytest.mark.parametrize('bits', [12, 13, 48])
+@pytest.mark.parametrize('bits', [12, 13, 48, 100])
 def test_packed_codes_round_trip_and_distances(bits):
   rng = np.random.default_rng(bits)
   q, db = rng.normal(size=(5, bits)), rng.choice([0, 1], (20, bits))
@@ -149,7 +154,8 @@ def test_packed_codes_round_trip_and_distances(bits):
   assert packed_q.words.dtype == np.uint8 and packed_q.words.shape == (5, -(-bits // 8))
   np.testing.assert_array_equal(retrieval.as_pm1(packed_q), retrieval.as_pm1(q))
   np.testing.assert_array_equal(retrieval.hamming_distance(packed_q, packed_db),
-                                retrieval.hamming_distance(q, db))
+                                _numpy_distance(q, 2 * db - 1))
+  np.testing.assert_array_equal(retrieval.hamming_distance(q, db), _numpy_distance(q, 2 * db - 1))
   assert retrieval.mean_average_precision(packed_q, packed_db, [0] * 5, [0, 1] * 10) == \
       pytest.approx(retrieval.mean_average_precision(q, db, [0] * 5, [0, 1] * 10))
   with pytest.raises(ValueError, match='code lengths differ'):
@@ -162,6 +168,31 @@ def test_search_cuts_ties_by_index(k):
   q, db = rng.choice([-1, 1], (5, 3)), rng.choice([-1, 1], (40, 3))  # 3 bits: large tied groups
   dist, ranking = _brute_force_ranking(q, db)
   for codes in ((q, db), (retrieval.pack_codes(q), retrieval.pack_codes(db))):
-    distances, indices = retrieval.search(*codes, k, chunk=2)
+    distances, indices = retrieval.search(*codes, k)
     np.testing.assert_array_equal(indices, [r[:k] for r in ranking])
     np.testing.assert_array_equal(distances, np.take_along_axis(dist, indices, axis=1))
+
+
+def test_many_labels_and_long_codes_span_several_words():
+  # 130 labels and 100 bits: labels and codes each take more than one 64-bit word.
+  rng = np.random.default_rng(7)
+  q, db = rng.choice([-1, 1], (6, 100)), rng.choice([-1, 1], (30, 100))
+  ql = (rng.random((6, 130)) < 0.01).astype(int)
+  dbl = (rng.random((30, 130)) < 0.01).astype(int)
+  ql[:, 129], dbl[::3, 129] = 1, 1  # the last label word shares a label with every third item
+  assert retrieval.mean_average_precision(q, db, ql, dbl) == pytest.approx(
+      _brute_force_map(q, db, ql, dbl), rel=1e-12)
+  dist, ranking = _brute_force_ranking(q, db)
+  precision, recall = retrieval.precision_recall_at_k(q, db, ql, dbl, [3, 30])
+  rel = (ql @ dbl.T) > 0
+  hits = np.array([[rel[i, ranking[i][:k]].sum() for k in (3, 30)] for i in range(6)])
+  np.testing.assert_allclose(precision, (hits / [3, 30]).mean(axis=0))
+  np.testing.assert_allclose(recall, (hits / rel.sum(axis=1, keepdims=True)).mean(axis=0))
+
+
+def test_mismatched_inputs_are_named():
+  q, db = np.ones((3, 8)), np.ones((5, 8))
+  with pytest.raises(ValueError, match='5 database codes but 4 database labels'):
+    retrieval.mean_average_precision(q, db, [0, 1, 2], [0, 1, 2, 3])
+  with pytest.raises(ValueError, match='not the same kind'):
+    retrieval.mean_average_precision(q, db, [0, 1, 2], np.ones((5, 3)))
