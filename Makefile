@@ -17,4 +17,4 @@ run: install
 	$(VENV)/bin/python -m aah_jax.main --config=configs/default.py --workdir=$(WORKDIR)
 
 test: install
-	$(VENV)/bin/python -m pytest -n 2 tests
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile tests

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Iterator, Optional
 
 import grain
+import ml_dtypes
 import numpy as np
 from PIL import Image
 
@@ -17,9 +18,21 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
-def normalize(image_uint8) -> np.ndarray:
-  """uint8 RGB → ImageNet mean/std normalised float32."""
-  return ((np.asarray(image_uint8, np.float32) / 255.0) - IMAGENET_MEAN) / IMAGENET_STD
+def normalize(image_uint8, dtype=np.float32) -> np.ndarray:
+  """uint8 RGB → ImageNet mean/std normalised, as float32 (or dtype, e.g. bfloat16)."""
+  image = ((np.asarray(image_uint8, np.float32) / 255.0) - IMAGENET_MEAN) / IMAGENET_STD
+  return image.astype(dtype)
+
+
+IMAGE_DTYPES = {'float32': np.float32, 'bfloat16': ml_dtypes.bfloat16}
+
+
+def _iterate(dataset, num_threads: int, num_workers: int):
+  """Reads with num_threads threads, in num_workers processes if > 0 (same order)."""
+  iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads))
+  if num_workers > 0:
+    iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter(iterable)
 
 
 def to_unit_range(images):
@@ -99,12 +112,15 @@ def local_slice(global_order: np.ndarray, global_batch: int, process_index: int,
 
 def train_epoch(source, omega: np.ndarray, order: np.ndarray, *, global_batch: int,
                 image_size: int, crop_scale, seed: int, num_threads: int = 2,
-                process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+                num_workers: int = 0, dtype=np.float32, process_index: int = 0,
+                process_count: int = 1, start_batch: int = 0) -> Iterator[dict]:
   """One epoch over Ω in the given order of positions, as this process's batches.
 
   Yields dicts of 'image' (normalised float32 NHWC, random-resized-crop + flip),
   'label', 'index' (database index ω) and 'position' (row of U). ``len(order)``
-  must be a multiple of ``global_batch``.
+  must be a multiple of ``global_batch``. ``start_batch`` skips the epoch's first
+  batches without reading them; the rest are the same batches, with the same
+  augmentation (drawn per example from ``seed`` and its place in the epoch).
   """
   if len(order) % global_batch:
     raise ValueError(f'{len(order)} samples do not split into global batches of {global_batch}')
@@ -114,17 +130,17 @@ def train_epoch(source, omega: np.ndarray, order: np.ndarray, *, global_batch: i
     image = random_resized_crop(item['image'], rng, image_size, scale=tuple(crop_scale))
     if rng.random() < 0.5:
       image = image[:, ::-1]
-    return dict(item, image=normalize(image))
+    return dict(item, image=normalize(image, dtype))
 
   dataset = (grain.MapDataset.source(_Indexed(source, omega[positions], positions))
              .random_map(augment, seed=seed)
-             .batch(global_batch // process_count, drop_remainder=True))
-  return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads)))
+             .batch(global_batch // process_count, drop_remainder=True))[start_batch:]
+  return _iterate(dataset, num_threads, num_workers)
 
 
 def eval_batches(source, *, global_batch: int, image_size: int, num_threads: int = 2,
-                 indices: Optional[np.ndarray] = None, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[dict]:
+                 num_workers: int = 0, dtype=np.float32, indices: Optional[np.ndarray] = None,
+                 process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
   """A whole split (or the given indices) in order, evaluation view, padded with mask=False."""
   indices = np.arange(len(source)) if indices is None else np.asarray(indices)
   total = -(-len(indices) // global_batch) * global_batch
@@ -133,14 +149,9 @@ def eval_batches(source, *, global_batch: int, image_size: int, num_threads: int
   rows = local_slice(np.arange(total), global_batch, process_index, process_count)
 
   def view(item):
-    return dict(item, image=normalize(resize_center_crop(item['image'], image_size)))
+    return dict(item, image=normalize(resize_center_crop(item['image'], image_size), dtype))
 
   dataset = (grain.MapDataset.source(_Indexed(source, padded[rows], mask=mask[rows]))
              .map(view)
              .batch(global_batch // process_count))
-  return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads)))
-
-
-def read_labels(source) -> np.ndarray:
-  """Every example's label, in order: (N,) int class ids or (N, L) multi-hot."""
-  return np.stack([np.asarray(source[i]['label']) for i in range(len(source))])
+  return _iterate(dataset, num_threads, num_workers)

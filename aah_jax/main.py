@@ -1,13 +1,15 @@
 """The main job: `python -m aah_jax.main --config=configs/default.py --workdir=DIR`."""
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-from aah_jax import train
+from aah_jax import preemption
+from aah_jax import run as run_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'ml_collections config file.', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Directory for the run\'s outputs (results.json).')
+flags.DEFINE_string('workdir', None, 'Directory for the run\'s outputs (results.json, '
+                    'checkpoints/, metrics.jsonl, tensorboard/); rerunning continues the run.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -20,7 +22,12 @@ def summary(results: dict) -> str:
 
 def main(argv):
   del argv
-  results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    results = run_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except preemption.Preempted as stopped:
+    logging.warning('%s', stopped)
+    print(stopped, flush=True)
+    return 0
   print(summary(results))
 
 

@@ -19,8 +19,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.builder_config = 'default'  # tfds builder config ('' for the dataset's default)
   config.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # None: tfds' default
+  # Where the official files are (or the image folder of dataset 'image_folder'): a missing
+  # dataset is prepared from here on first use. None: it must be prepared (aah-prepare).
+  config.data.manual_dir = ml_collections.FieldReference(None, field_type=str)
   config.data.train_crop_scale = (0.25, 1.0)  # random-resized-crop area range (paper: 0.08–1)
-  config.data.num_threads = 2
+  config.data.num_threads = 2  # reader threads
+  config.data.num_workers = 0  # reader processes (0: threads in this process only)
+  config.data.prefetch = 2  # global batches copied to the devices ahead of the step
+  config.data.image_dtype = 'float32'  # or 'bfloat16': the images the pipeline delivers
 
   config.model = ml_collections.ConfigDict()
   config.model.backbone = 'small_cnn'
@@ -62,4 +68,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 256
   config.eval.every_iterations = 5  # 0: only after the last outer iteration
+
+  # WORKDIR/checkpoints: saved at every outer iteration's end, and every N steps if N > 0;
+  # the latest `keep` plus the best by map_learned_db are kept. A rerun continues.
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_steps = 0
+  config.checkpoint.keep = 3
+  config.checkpoint.async_save = True
+
+  # WORKDIR/metrics.jsonl and WORKDIR/tensorboard (process 0); a console line every N steps.
+  config.log = ml_collections.ConfigDict()
+  config.log.every_steps = 50
+  config.log.tensorboard = True
+  config.log.report = True  # WORKDIR/report/: figures and index.html at the end
   return config

@@ -5,7 +5,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from aah_jax import input_pipeline
+from aah_jax import datasets, input_pipeline
 from aah_jax.datasets import bird_renderer, dataset_entry, load_builder
 
 
@@ -38,8 +38,9 @@ def test_splits_labels_and_attributes(tiny_builder):
       example = source[i]
       assert example['image'].shape == (32, 32, 3) and example['image'].dtype == np.uint8
       np.testing.assert_array_equal(example['attributes'], class_attributes[example['label']])
-  labels = input_pipeline.read_labels(train)
+  labels = datasets.read_labels(tiny_builder, 'train')
   assert np.bincount(labels).tolist() == [20] * 48
+  np.testing.assert_array_equal(labels[::37], [train[i]['label'] for i in range(0, 960, 37)])
 
 
 @pytest.mark.parametrize('num_classes', [48, 64])
@@ -82,7 +83,7 @@ def test_train_epoch_reads_omega_once_per_epoch(tiny_builder):
   positions = np.concatenate([b['position'] for b in batches])
   np.testing.assert_array_equal(positions, order)
   np.testing.assert_array_equal(np.concatenate([b['index'] for b in batches]), omega[order])
-  labels = input_pipeline.read_labels(source)
+  labels = datasets.read_labels(tiny_builder, 'train')
   np.testing.assert_array_equal(np.concatenate([b['label'] for b in batches]), labels[omega[order]])
   assert batches[0]['image'].shape == (16, 32, 32, 3) and batches[0]['image'].dtype == np.float32
   again = list(input_pipeline.train_epoch(source, omega, order, global_batch=16, image_size=32,
@@ -108,3 +109,38 @@ def test_transforms_keep_shape_and_normalise():
   assert view.shape == (32, 32, 3)
   x = input_pipeline.normalize(image)
   np.testing.assert_allclose(input_pipeline.to_unit_range(x), image / 255.0, atol=1e-6)
+
+
+def test_two_processes_read_disjoint_slices_that_cover_every_batch(tiny_builder):
+  """Training and evaluation batches of process 0 and 1 of 2: disjoint halves of each global
+  batch; together, every example of the epoch or split exactly once (padding masked)."""
+  source = tiny_builder.as_data_source('test')  # 240 items
+  omega = np.random.default_rng(2).permutation(960)[:64]
+  order = np.random.default_rng(3).permutation(64)
+  train = [list(input_pipeline.train_epoch(tiny_builder.as_data_source('train'), omega, order,
+                                           global_batch=16, image_size=32, crop_scale=(0.25, 1.0),
+                                           seed=1, process_index=p, process_count=2))
+           for p in range(2)]
+  for b in range(4):
+    halves = [train[p][b]['position'] for p in range(2)]
+    assert len(halves[0]) == len(halves[1]) == 8 and not set(halves[0]) & set(halves[1])
+    np.testing.assert_array_equal(np.concatenate(halves), order[b * 16:(b + 1) * 16])
+  evaluation = [list(input_pipeline.eval_batches(source, global_batch=100, image_size=32,
+                                                 process_index=p, process_count=2))
+                for p in range(2)]
+  seen = []
+  for b in range(3):
+    for p in range(2):
+      batch = evaluation[p][b]
+      assert len(batch['index']) == 50
+      seen += batch['index'][batch['mask']].tolist()
+  assert seen == list(range(240))
+
+
+def test_bfloat16_images_on_request(tiny_builder):
+  source = tiny_builder.as_data_source('test')
+  batch = next(input_pipeline.eval_batches(source, global_batch=8, image_size=32,
+                                           dtype=input_pipeline.IMAGE_DTYPES['bfloat16']))
+  reference = next(input_pipeline.eval_batches(source, global_batch=8, image_size=32))
+  assert batch['image'].dtype == input_pipeline.IMAGE_DTYPES['bfloat16']
+  np.testing.assert_allclose(batch['image'].astype(np.float32), reference['image'], atol=0.02)

@@ -1,10 +1,20 @@
-"""Dataset registry: user-facing names → tfds builders, built on first use where embedded."""
+"""Dataset registry: user-facing names → tfds builders, and preparing them.
+
+Nothing is ever downloaded. The embedded dataset is generated when missing; the others
+are built from the official files in a manual directory (``aah-prepare``, or
+``config.data.manual_dir`` on first use).
+"""
 
 import dataclasses
 from typing import Optional
 
+import numpy as np
 import tensorflow_datasets as tfds
 
+from aah_jax.datasets.archive import CorruptImageError, DatasetFilesError  # noqa: F401 (re-exported)
+from aah_jax.datasets.fine_grained import (AahAircraft, AahCub200, AahFood101, AahNabirds,
+                                           AahStanfordDogs, AahVegfru)
+from aah_jax.datasets.generic import AahCifar10, AahImageFolder, AahNuswide, image_folder_config
 from aah_jax.datasets.synthetic_birds import AahSyntheticBirds
 
 
@@ -20,6 +30,15 @@ class DatasetEntry:
 
 DATASETS = {
     'synthetic_birds': DatasetEntry(AahSyntheticBirds, embedded=True),
+    'cub200': DatasetEntry(AahCub200),
+    'aircraft': DatasetEntry(AahAircraft),
+    'food101': DatasetEntry(AahFood101),
+    'nabirds': DatasetEntry(AahNabirds),
+    'vegfru': DatasetEntry(AahVegfru),
+    'stanford_dogs': DatasetEntry(AahStanfordDogs),
+    'cifar10': DatasetEntry(AahCifar10, database_split='database', query_split='query'),
+    'nuswide': DatasetEntry(AahNuswide, database_split='database', query_split='test'),
+    'image_folder': DatasetEntry(AahImageFolder),
 }
 
 
@@ -29,19 +48,49 @@ def dataset_entry(name: str) -> DatasetEntry:
   return DATASETS[name]
 
 
-def load_builder(name: str, builder_config: Optional[str] = None,
-                 data_dir: Optional[str] = None) -> tfds.core.DatasetBuilder:
-  """The prepared tfds builder; an embedded dataset is generated if it is missing.
-
-  Never downloads: a missing archive-based dataset is an error naming what to run.
-  """
+def make_builder(name: str, builder_config: Optional[str] = None, data_dir: Optional[str] = None,
+                 manual_dir: Optional[str] = None) -> tfds.core.DatasetBuilder:
+  """The tfds builder of a dataset (prepared or not). image_folder takes its folder from
+  manual_dir (its builder config is named after the folder)."""
   entry = dataset_entry(name)
-  builder = entry.builder_cls(config=builder_config or None, data_dir=data_dir)
+  config = builder_config or None
+  if entry.builder_cls is AahImageFolder:
+    if not manual_dir:
+      raise ValueError('dataset image_folder needs the folder: set config.data.manual_dir '
+                       '(or aah-prepare --manual_dir)')
+    config = image_folder_config(manual_dir)
+  return entry.builder_cls(config=config, data_dir=data_dir)
+
+
+def prepare(builder: tfds.core.DatasetBuilder, manual_dir: Optional[str] = None,
+            skip_corrupt: bool = False):
+  """Writes the dataset's array_record files (from manual_dir where it needs files)."""
+  builder.skip_corrupt = skip_corrupt
+  builder.download_and_prepare(
+      file_format='array_record',
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir,
+                                                   try_download_gcs=False))
+
+
+def load_builder(name: str, builder_config: Optional[str] = None,
+                 data_dir: Optional[str] = None,
+                 manual_dir: Optional[str] = None) -> tfds.core.DatasetBuilder:
+  """The prepared tfds builder. A missing dataset is generated (the embedded one), built
+  from manual_dir if given, or else an error naming the command that prepares it."""
+  entry = dataset_entry(name)
+  builder = make_builder(name, builder_config, data_dir, manual_dir)
   if not builder.is_prepared():
-    if not entry.embedded:
-      raise FileNotFoundError(f'dataset {name!r} ({builder.info.full_name}) is not prepared under '
-                              f'{builder.data_dir_root}')
-    builder.download_and_prepare(
-        file_format='array_record',
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    if not (entry.embedded or manual_dir):
+      raise FileNotFoundError(
+          f'dataset {name!r} ({builder.info.full_name}) is not prepared under '
+          f'{builder.data_dir_root}: run `aah-prepare --dataset={name} --manual_dir=DIR` with '
+          f'the official files in DIR (README, "Datasets"), or set config.data.manual_dir')
+    prepare(builder, manual_dir)
   return builder
+
+
+def read_labels(builder: tfds.core.DatasetBuilder, split: str) -> np.ndarray:
+  """Every example's label of a split, in order, without decoding images: (N,) class ids
+  or (N, L) multi-hot."""
+  source = builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
+  return np.stack([np.asarray(example['label']) for example in source])

@@ -103,6 +103,7 @@ class A2NetPlusPlus(nn.Module):
     self.sow('intermediates', 'global_feature', g)
     if self.use_attention:
       a = AttentionBranch(self.num_maps, norm, dtype=self.dtype, name='attention')(t)
+      self.sow('intermediates', 'attention_maps', a)
       x = local_features(last_stage(spec, norm, self.dtype, name='local_stage'), t, a)
       self.sow('intermediates', 'local_features', x)
       v = jnp.concatenate([x, g], axis=-1)

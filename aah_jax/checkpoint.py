@@ -1,0 +1,135 @@
+"""Run checkpoints: the train state plus the run's progress, with orbax.
+
+A checkpoint step directory (``WORKDIR/checkpoints/<step>``) holds two items:
+``state``, the whole ``TrainState`` (parameters, BatchNorm statistics, optimiser state,
+B, U, database labels, r), and ``progress``, JSON: the finished outer iterations'
+records, the per-step metrics of the current one so far, and the config of the run.
+Everything else a step needs (Ω, the epoch order, augmentation) derives from the seed
+and the step count, so state + progress continue a run bit for bit.
+
+orbax writes each step into a temporary directory and renames it when complete, so a
+run killed mid-save leaves the previous checkpoints intact and no partial step behind.
+Kept: the latest ``keep`` steps plus the one with the best ``map_learned_db``.
+"""
+
+import logging as py_logging
+import os
+from typing import Any, Optional
+
+from absl import logging
+import ml_collections
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+CHECKPOINT_DIR = 'checkpoints'
+
+# Config fields that may change between a run and its resumption: they do not change
+# what the run computes, only where it reads and writes and how often it reports.
+RESUMABLE_CHANGES = ('checkpoint', 'eval', 'log', 'data.num_threads', 'data.num_workers',
+                     'data.prefetch', 'data.data_dir', 'data.manual_dir')
+
+
+class _OrbaxInfoFilter(py_logging.Filter):
+  """Drops orbax's INFO records (dozens per save); its warnings and errors still show."""
+
+  def filter(self, record):
+    return record.levelno >= py_logging.WARNING or '/orbax/' not in record.pathname
+
+
+def quiet_orbax_info():
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _OrbaxInfoFilter) for f in handler.filters):
+    handler.addFilter(_OrbaxInfoFilter())
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+def flat_config(tree: Any, prefix: str = '') -> dict:
+  """A config dict as {'dotted.field': value} (tuples as lists, as JSON keeps them)."""
+  if isinstance(tree, dict):
+    out = {}
+    for key, value in tree.items():
+      out.update(flat_config(value, f'{prefix}{key}.'))
+    return out
+  return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
+
+
+def incompatible_fields(saved_config: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """Fields (dotted) where config differs from the saved one, outside RESUMABLE_CHANGES."""
+  saved, now = flat_config(saved_config), flat_config(config.to_dict())
+  allowed = lambda key: any(key == f or key.startswith(f + '.') for f in RESUMABLE_CHANGES)
+  return sorted(key for key in set(saved) | set(now)
+                if not allowed(key) and saved.get(key) != now.get(key))
+
+
+class RunCheckpoints:
+  """The checkpoints of one workdir (save, find, restore)."""
+
+  def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True,
+               read_only: bool = False):
+    quiet_orbax_info()
+    preserve = policies.AnyPreservationPolicy([
+        policies.LatestN(n=keep),
+        policies.BestN(get_metric_fn=lambda metrics: metrics['map_learned_db'], n=1,
+                       keep_checkpoints_without_metrics=False),
+    ])
+    self._manager = ocp.CheckpointManager(
+        checkpoint_dir(workdir),
+        options=ocp.CheckpointManagerOptions(
+            preservation_policy=preserve, enable_async_checkpointing=async_save,
+            read_only=read_only, save_interval_steps=0 if read_only else 1,
+            create=not read_only, cleanup_tmp_directories=not read_only))
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state, progress: dict, map_learned_db: Optional[float] = None):
+    """Starts writing step (in the background where async); a step already saved is kept."""
+    if step in self._manager.all_steps():
+      return
+    metrics = None if map_learned_db is None else {'map_learned_db': float(map_learned_db)}
+    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                     progress=ocp.args.JsonSave(progress)),
+                       metrics=metrics, force=True)
+
+  def restore(self, abstract_state, step: Optional[int] = None) -> tuple[Any, dict]:
+    """(state shaped and sharded like abstract_state, progress) of step (default: latest)."""
+    step = self._step(step)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), progress=ocp.args.JsonRestore()))
+    return restored['state'], restored['progress']
+
+  def restore_tree(self, step: Optional[int] = None) -> dict:
+    """The saved state of step (default: latest) as a tree of dicts of arrays, without
+    needing its structure: for tools that read parts of it (params, B, …)."""
+    step = self._step(step)
+    return self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))['state']
+
+  def restore_progress(self, step: Optional[int] = None) -> dict:
+    step = self._step(step)
+    return self._manager.restore(step, args=ocp.args.Composite(
+        progress=ocp.args.JsonRestore()))['progress']
+
+  def _step(self, step: Optional[int]) -> int:
+    steps = self.all_steps()
+    if not steps:
+      raise FileNotFoundError(f'no checkpoint in {self._manager.directory}')
+    if step is None:
+      return max(steps)
+    if step not in steps:
+      raise FileNotFoundError(f'no checkpoint of step {step} in {self._manager.directory}; '
+                              f'saved steps: {sorted(steps)}')
+    return step
+
+  def wait(self):
+    """Blocks until every started save is on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self._manager.close()

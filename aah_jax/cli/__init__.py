@@ -1,0 +1,1 @@
+"""Command-line tools over a run's workdir: aah-eval, aah-index, aah-search."""

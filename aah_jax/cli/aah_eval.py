@@ -1,0 +1,83 @@
+"""aah-eval: the retrieval numbers of a saved run.
+
+    aah-eval --workdir=RUN [--step=S] [--topk=100] [--config.FIELD=VALUE ...]
+
+Restores the checkpoint (default: the latest), encodes the query and database splits,
+and writes RUN/eval.json: for the learned B (when the database is the one it was
+learned for), the encoded database and random codes, mAP@all, mAP@topk, the tie-aware
+mAP, precision@k and recall@k, precision within radius 2 and the precision-recall curve
+over Hamming radii; and RUN/report/ (figures and index.html, as at the end of training).
+The mAPs against B, the encoded database and random codes are computed exactly as the
+training run computes them.
+"""
+
+import os
+
+from absl import app, flags
+import jax
+import numpy as np
+
+from aah_jax import evaluation, report, run as run_lib
+from aah_jax.cli import common
+from aah_jax.codes import hash_codes
+
+FLAGS = flags.FLAGS
+common.define_run_flags()
+flags.DEFINE_integer('topk', 100, 'k of mAP@k.')
+flags.DEFINE_list('precision_ks', ['1', '5', '10', '50', '100', '500', '1000'],
+                  'k values of precision@k and recall@k.')
+EVAL_FILE = 'eval.json'
+
+
+def evaluate_run(restored: common.RestoredRun, topk: int, ks, query_u, db_u) -> dict:
+  run = restored.run
+  query_codes, db_codes = np.asarray(hash_codes(query_u)), np.asarray(hash_codes(db_u))
+  config = run.config
+  rng = np.random.default_rng(config.seed)  # the random codes of the training evaluation
+  random_query, random_db = (rng.choice([-1, 1], query_codes.shape),
+                             rng.choice([-1, 1], (run.num_database, int(config.bits))))
+  metrics = lambda q, db: evaluation.detailed_metrics(q, db, run.query_labels, run.db_labels,
+                                                      topk=topk, ks=ks)
+  report = {
+      'step': restored.step,
+      'dataset': config.dataset,
+      'bits': int(config.bits),
+      'num_queries': len(query_codes),
+      'num_database': run.num_database,
+      'encoded_db': metrics(query_codes, db_codes),
+      'random': metrics(random_query, random_db),
+  }
+  if restored.same_database():
+    report['learned_db'] = metrics(query_codes, restored.B)
+  return report
+
+
+def main(argv):
+  del argv
+  restored = common.restore_run(FLAGS.workdir, FLAGS.step, common.overrides_from_flags())
+  run = restored.run
+  query_u = run.encode(restored.variables, run.query_source)
+  db_u = run.encode(restored.variables, run.db_source)
+  numbers = evaluate_run(restored, FLAGS.topk, [int(k) for k in FLAGS.precision_ks], query_u,
+                         db_u)
+  data = report.collect(run, restored.variables,
+                        restored.B if restored.same_database() else None, FLAGS.workdir,
+                        query_u=query_u, db_u=db_u,
+                        title=f'{run.config.dataset}, {run.config.bits} bits: aah-eval of step '
+                              f'{restored.step} of {os.path.abspath(FLAGS.workdir)}')
+  if jax.process_index() == 0:
+    run_lib.write_json(os.path.join(FLAGS.workdir, EVAL_FILE), numbers)
+    report.write(data, FLAGS.workdir)
+    for name in ('learned_db', 'encoded_db', 'random'):
+      if name in numbers:
+        print(f'{name}: mAP@all {numbers[name]["map"]:.4f}, mAP@{FLAGS.topk} '
+              f'{numbers[name][f"map@{FLAGS.topk}"]:.4f}, precision@10 '
+              f'{numbers[name]["precision_at_k"].get("10", float("nan")):.4f}')
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,87 @@
+"""What the tools share: a run restored from its workdir, with the saved config.
+
+Every tool takes ``--workdir`` (a training run's directory), ``--step`` (default: the
+latest checkpoint) and ``--config.FIELD=VALUE`` overrides applied to the config saved
+with the checkpoint (e.g. ``--config.data.data_dir``, ``--config.eval.batch_size``).
+"""
+
+import dataclasses
+from typing import Optional
+
+from absl import flags
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+
+from aah_jax import checkpoint, run as run_lib
+from configs import default
+
+
+def define_run_flags():
+  flags.DEFINE_string('workdir', None, 'A training run\'s directory (with checkpoints/).')
+  flags.DEFINE_integer('step', None, 'Checkpoint step to use (default: the latest).')
+  config_flags.DEFINE_config_dict(
+      'config', default.get_config(),
+      'Overrides of the config saved with the checkpoint, as --config.FIELD=VALUE.')
+  flags.mark_flag_as_required('workdir')
+
+
+@dataclasses.dataclass
+class RestoredRun:
+  """A saved run made usable: its Run (network, data of the possibly overridden config),
+  the network's variables, its learned database codes B and the checkpoint's progress."""
+
+  run: run_lib.Run
+  variables: dict
+  B: np.ndarray
+  step: int
+  progress: dict
+
+  def same_database(self) -> bool:
+    """Whether the config's database is the one B was learned for (B is then comparable
+    with its labels; otherwise only encoded codes are)."""
+    config, saved = self.run.config, self.progress['config']
+    return (config.dataset == saved['dataset']
+            and config.data.builder_config == saved['data']['builder_config']
+            and self.run.num_database == self.progress['num_database'])
+
+
+def _set(config: ml_collections.ConfigDict, dotted: str, value):
+  *parents, leaf = dotted.split('.')
+  for name in parents:
+    config = config[name]
+  config[leaf] = value
+
+
+def saved_config(workdir: str, step: Optional[int] = None,
+                 overrides: Optional[dict] = None) -> tuple[ml_collections.ConfigDict, int, dict]:
+  """(the checkpoint's config with overrides applied, its step, its progress)."""
+  ckpts = checkpoint.RunCheckpoints(workdir, read_only=True)
+  try:
+    step = ckpts.latest_step() if step is None else step
+    progress = ckpts.restore_progress(step)
+  finally:
+    ckpts.close()
+  config = ml_collections.ConfigDict(progress['config'])
+  for dotted, value in (overrides or {}).items():
+    _set(config, dotted, value)
+  return config, step, progress
+
+
+def restore_run(workdir: str, step: Optional[int] = None,
+                overrides: Optional[dict] = None) -> RestoredRun:
+  """The run of workdir at step (default latest), its network and data set up again."""
+  config, step, progress = saved_config(workdir, step, overrides)
+  run = run_lib.prepare(config)
+  ckpts = checkpoint.RunCheckpoints(workdir, read_only=True)
+  try:
+    tree = ckpts.restore_tree(step)
+  finally:
+    ckpts.close()
+  return RestoredRun(run=run, variables={'params': tree['params'],
+                                         'batch_stats': tree['batch_stats']},
+                     B=np.asarray(tree['B']), step=step, progress=progress)
+
+
+def overrides_from_flags() -> dict:
+  return dict(config_flags.get_override_values(flags.FLAGS['config']))

@@ -1,0 +1,93 @@
+"""Encoding splits with a trained network, and the retrieval numbers of a run.
+
+Queries are the test split, the database the training split; codes are sign(u) with
+sign(0) = +1. "learned B" ranks the database by the codes the training learned for it
+(ADSH's asymmetric protocol); "encoded database" by the network's codes of the database
+images (what a deployed index holds).
+"""
+
+import jax
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+import numpy as np
+
+from aah_jax import input_pipeline, retrieval
+from aah_jax.codes import hash_codes
+from aah_jax.mesh import global_batch_array
+from aah_jax.models import A2NetPlusPlus
+
+
+def make_encoder(model: A2NetPlusPlus, mesh):
+  """Jitted eval-mode forward: (variables, images) → u, batch sharded over the mesh."""
+  return jax.jit(lambda variables, images: model.apply(variables, images, train=False),
+                 in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))),
+                 out_shardings=NamedSharding(mesh, P('data')))
+
+
+def encode_split(encoder, variables, source, *, global_batch: int, image_size: int,
+                 num_threads: int, sharding, num_workers: int = 0,
+                 dtype=np.float32) -> np.ndarray:
+  """u (len(source), k) of a whole split, in order, every item exactly once."""
+  outputs = []
+  for local in input_pipeline.eval_batches(source, global_batch=global_batch,
+                                           image_size=image_size, num_threads=num_threads,
+                                           num_workers=num_workers, dtype=dtype,
+                                           process_index=jax.process_index(),
+                                           process_count=jax.process_count()):
+    batch = global_batch_array({'image': local['image'], 'mask': local['mask']}, sharding)
+    u = encoder(variables, batch['image'])
+    u, mask = multihost_utils.process_allgather((u, batch['mask']), tiled=True)
+    outputs.append(np.asarray(u)[np.asarray(mask)])
+  return np.concatenate(outputs).astype(np.float32)
+
+
+def evaluate(query_u, db_u, B, query_labels, db_labels, seed: int) -> dict:
+  """mAP@all of the query codes against the learned B, the encoded database, and random codes
+  (and, against B, the tie-aware mAP: the expected AP over orderings of equidistant items)."""
+  query_codes = np.asarray(hash_codes(query_u))
+  rng = np.random.default_rng(seed)
+  return {
+      'map_learned_db': retrieval.mean_average_precision(query_codes, B, query_labels, db_labels),
+      'map_tie_aware_learned_db': retrieval.tie_aware_mean_average_precision(
+          query_codes, B, query_labels, db_labels),
+      'map_encoded_db': retrieval.mean_average_precision(
+          query_codes, np.asarray(hash_codes(db_u)), query_labels, db_labels),
+      'map_random': retrieval.mean_average_precision(
+          rng.choice([-1, 1], query_codes.shape), rng.choice([-1, 1], np.shape(B)),
+          query_labels, db_labels),
+  }
+
+
+def detailed_metrics(query_codes, db_codes, query_labels, db_labels, *, topk: int,
+                     ks) -> dict:
+  """mAP@all, mAP@topk, tie-aware mAP, precision/recall@k, the PR curve over radii and
+  precision within radius 2, as JSON-ready values."""
+  ks = [k for k in ks if k <= len(db_codes)]
+  precision_k, recall_k = retrieval.precision_recall_at_k(query_codes, db_codes, query_labels,
+                                                          db_labels, ks)
+  precision_r, recall_r = retrieval.precision_recall_by_radius(query_codes, db_codes,
+                                                               query_labels, db_labels)
+  return {
+      'map': retrieval.mean_average_precision(query_codes, db_codes, query_labels, db_labels),
+      f'map@{topk}': retrieval.mean_average_precision(query_codes, db_codes, query_labels,
+                                                      db_labels, topk=topk),
+      'map_tie_aware': retrieval.tie_aware_mean_average_precision(query_codes, db_codes,
+                                                                  query_labels, db_labels),
+      'precision_within_radius_2': float(precision_r[min(2, len(precision_r) - 1)]),
+      'precision_at_k': {str(k): float(p) for k, p in zip(ks, precision_k)},
+      'recall_at_k': {str(k): float(r) for k, r in zip(ks, recall_k)},
+      'pr_curve_by_radius': {'radius': list(range(len(precision_r))),
+                             'precision': precision_r.tolist(), 'recall': recall_r.tolist()},
+  }
+
+
+def make_attention_encoder(model: A2NetPlusPlus):
+  """Jitted eval-mode forward for a few images: (variables, images) → (u, attention maps
+  (n, h, w, M), or None without the attention branch)."""
+
+  def forward(variables, images):
+    u, state = model.apply(variables, images, train=False, mutable=['intermediates'])
+    attention = state['intermediates'].get('attention_maps')
+    return u, None if attention is None else attention[0]
+
+  return jax.jit(forward)

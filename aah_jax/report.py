@@ -1,0 +1,218 @@
+"""The run report: WORKDIR/report/ with PNG figures and an index.html that shows them.
+
+Figures: loss terms per step, mAP per outer iteration, the precision-recall curve over
+Hamming radii and precision@k (learned B, encoded database, random codes), a retrieval
+gallery (queries and their top 10 in the learned B, correct in green, wrong in red), bit
+balance and the bit-correlation heatmap of B, and attention maps over query images.
+
+``collect`` does the computing (on every process: encoding is sharded); ``write`` draws
+and writes (process 0), into a temporary folder that replaces report/ when complete.
+"""
+
+import dataclasses
+import html
+import os
+import shutil
+from typing import Optional
+
+import matplotlib
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+
+from aah_jax import evaluation, gallery, input_pipeline, retrieval, run_log  # pylint: disable=wrong-import-position
+from aah_jax.codes import hash_codes  # pylint: disable=wrong-import-position
+
+REPORT_DIR = 'report'
+GALLERY_QUERIES = 8
+GALLERY_K = 10
+ATTENTION_IMAGES = 6
+ATTENTION_MAPS = 6
+
+
+@dataclasses.dataclass
+class ReportData:
+  """Everything the figures show, as host arrays and plain values."""
+
+  title: str
+  steps: list  # metrics.jsonl step records
+  iterations: list  # per outer iteration records
+  curves: dict  # name → detailed_metrics(...) of that database
+  B: np.ndarray
+  gallery_rows: list  # [(gallery.Tile, [gallery.Tile])]
+  attention_images: np.ndarray  # (n, S, S, 3) uint8
+  attention: Optional[np.ndarray]  # (n, h, w, M) or None
+
+
+def _db_image(source, row: int) -> np.ndarray:
+  return np.asarray(source[int(row)]['image'])
+
+
+def collect(run, variables: dict, B: Optional[np.ndarray], workdir: str, *, title: str,
+            query_u: Optional[np.ndarray] = None, db_u: Optional[np.ndarray] = None) -> ReportData:
+  """Computes the report's contents (all processes); encodes the splits unless given.
+
+  B: the learned database codes, or None where the database is not the one they were
+  learned for (the gallery and bit figures then use the encoded database)."""
+  query_u = run.encode(variables, run.query_source) if query_u is None else query_u
+  db_u = run.encode(variables, run.db_source) if db_u is None else db_u
+  query_codes, db_codes = np.asarray(hash_codes(query_u)), np.asarray(hash_codes(db_u))
+  rng = np.random.default_rng(run.config.seed)
+  random_query = rng.choice([-1, 1], query_codes.shape)
+  random_db = rng.choice([-1, 1], db_codes.shape)
+  databases = [('encoded database', query_codes, db_codes), ('random codes', random_query, random_db)]
+  if B is not None:
+    databases.insert(0, ('learned B', query_codes, B))
+  ks = [1, 5, 10, 20, 50, 100, 200, 500, 1000]
+  curves = {name: evaluation.detailed_metrics(q, db, run.query_labels, run.db_labels, topk=100,
+                                              ks=ks)
+            for name, q, db in databases}
+  B = db_codes if B is None else np.asarray(B)
+
+  queries = np.linspace(0, len(query_codes) - 1, GALLERY_QUERIES).astype(int)
+  _, neighbours = retrieval.search(query_codes[queries], B, GALLERY_K)
+  rows = []
+  for q, found in zip(queries, neighbours):
+    relevant = retrieval.relevance(run.query_labels[q:q + 1], run.db_labels[found])[0]
+    rows.append((gallery.Tile(_db_image(run.query_source, q), f'query {q}'),
+                 [gallery.Tile(_db_image(run.db_source, j), f'#{j}', bool(ok))
+                  for j, ok in zip(found, relevant)]))
+
+  picked = queries[:ATTENTION_IMAGES]
+  images = np.stack([input_pipeline.resize_center_crop(_db_image(run.query_source, q),
+                                                       run.config.image_size) for q in picked])
+  _, attention = evaluation.make_attention_encoder(run.model)(
+      variables, input_pipeline.normalize(images))
+  return ReportData(title=title, steps=run_log.read_metrics(workdir, 'step'),
+                    iterations=run_log.read_metrics(workdir, 'iteration'), curves=curves,
+                    B=np.asarray(B), gallery_rows=rows, attention_images=images,
+                    attention=None if attention is None else np.asarray(attention))
+
+
+def _save(fig, folder: str, name: str) -> str:
+  fig.tight_layout()
+  fig.savefig(os.path.join(folder, name), dpi=100)
+  plt.close(fig)
+  return name
+
+
+def _loss_figure(data: ReportData, folder: str):
+  fig, ax = plt.subplots(figsize=(8, 4.5))
+  steps = [r['step'] for r in data.steps]
+  positive = True
+  for term in ('loss', 'hash', 'quant', 'dec', 'rec', 'img'):
+    values = [r.get(term) for r in data.steps]
+    if steps and all(v is not None for v in values) and any(values):
+      ax.plot(steps, values, label=term, linewidth=1)
+      positive = positive and min(values) > 0
+  ax.set(xlabel='step', ylabel='value (unweighted)', title='loss terms per step',
+         yscale='log' if positive else 'symlog')
+  ax.legend()
+  return _save(fig, folder, 'loss_terms.png')
+
+
+def _map_figure(data: ReportData, folder: str):
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for key, label in (('map_learned_db', 'learned B'), ('map_encoded_db', 'encoded database'),
+                     ('map_random', 'random codes')):
+    points = [(r['iteration'], r[key]) for r in data.iterations if key in r]
+    if points:
+      ax.plot(*zip(*points), marker='o', label=label)
+  ax.set(xlabel='outer iteration', ylabel='mAP@all', title='mAP per outer iteration')
+  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+  ax.legend()
+  return _save(fig, folder, 'map.png')
+
+
+def _curve_figures(data: ReportData, folder: str):
+  fig, ax = plt.subplots(figsize=(6, 5))
+  for name, curves in data.curves.items():
+    pr = curves['pr_curve_by_radius']
+    ax.plot(pr['recall'], pr['precision'], marker='.', label=name)
+  ax.set(xlabel='recall', ylabel='precision', title='precision-recall over Hamming radii',
+         xlim=(0, 1.02), ylim=(0, 1.02))
+  ax.legend()
+  pr_name = _save(fig, folder, 'pr_curve.png')
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name, curves in data.curves.items():
+    ks = [int(k) for k in curves['precision_at_k']]
+    ax.plot(ks, list(curves['precision_at_k'].values()), marker='o', label=name)
+  ax.set(xlabel='k', ylabel='precision@k', xscale='log', title='precision@k', ylim=(0, 1.02))
+  ax.legend()
+  return [pr_name, _save(fig, folder, 'precision_at_k.png')]
+
+
+def _bits_figure(data: ReportData, folder: str):
+  fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+  codes = np.where(data.B >= 0, 1.0, -1.0)
+  left.bar(np.arange(codes.shape[1]), codes.mean(axis=0))
+  left.set(xlabel='bit', ylabel='mean code', ylim=(-1, 1), title='bit balance (0 = balanced)')
+  correlation = (np.nan_to_num(np.corrcoef(codes.T)) if codes.shape[0] > 1
+                 else np.eye(codes.shape[1]))
+  image = right.imshow(correlation, cmap='coolwarm', vmin=-1, vmax=1)
+  right.set(xlabel='bit', ylabel='bit', title='bit correlation')
+  fig.colorbar(image, ax=right)
+  return _save(fig, folder, 'bits.png')
+
+
+def _attention_figure(data: ReportData, folder: str):
+  if data.attention is None:
+    return None
+  maps = min(ATTENTION_MAPS, data.attention.shape[-1])
+  n = len(data.attention_images)
+  fig, axes = plt.subplots(n, maps + 1, figsize=(1.6 * (maps + 1), 1.6 * n), squeeze=False)
+  size = data.attention_images.shape[1]
+  for i in range(n):
+    axes[i, 0].imshow(data.attention_images[i])
+    for m in range(maps):
+      heat = data.attention[i, :, :, m]
+      heat = heat / heat.max() if heat.max() > 0 else heat
+      axes[i, m + 1].imshow(data.attention_images[i])
+      axes[i, m + 1].imshow(heat, cmap='jet', alpha=0.5, extent=(0, size, size, 0),
+                            interpolation='bilinear')
+      if i == 0:
+        axes[i, m + 1].set_title(f'map {m + 1}', fontsize=8)
+  for ax in axes.ravel():
+    ax.axis('off')
+  return _save(fig, folder, 'attention.png')
+
+
+def _html(data: ReportData, figures: list[tuple[str, str]]) -> str:
+  rows = ''.join(f'<h2>{html.escape(caption)}</h2><img src="{name}" alt="{html.escape(caption)}">\n'
+                 for name, caption in figures)
+  numbers = ''.join(
+      f'<tr><td>{html.escape(name)}</td><td>{c["map"]:.4f}</td><td>{c["map@100"]:.4f}</td>'
+      f'<td>{c["precision_within_radius_2"]:.4f}</td></tr>' for name, c in data.curves.items())
+  return (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(data.title)}'
+          f'</title><style>body{{font-family:sans-serif;margin:2em}}img{{max-width:100%}}'
+          f'td,th{{padding:0 1em}}</style></head><body><h1>{html.escape(data.title)}</h1>'
+          f'<table><tr><th>database</th><th>mAP@all</th><th>mAP@100</th>'
+          f'<th>precision, radius 2</th></tr>{numbers}</table>\n{rows}</body></html>\n')
+
+
+def write(data: ReportData, workdir: str) -> str:
+  """Draws every figure into WORKDIR/report (replaced only once all are written)."""
+  final = os.path.join(workdir, REPORT_DIR)
+  tmp = f'{final}.tmp'
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  figures = [(_loss_figure(data, tmp), 'Loss terms per step'),
+             (_map_figure(data, tmp), 'mAP per outer iteration')]
+  pr_name, pk_name = _curve_figures(data, tmp)
+  figures += [(pr_name, 'Precision-recall over Hamming radii'), (pk_name, 'Precision@k')]
+  gallery.render_gallery(data.gallery_rows, os.path.join(tmp, 'gallery.png'))
+  source = 'learned B' if 'learned B' in data.curves else 'encoded database'
+  figures.append(('gallery.png', f'Queries and their top {GALLERY_K} in the {source} '
+                                 '(green: relevant, red: not)'))
+  figures.append((_bits_figure(data, tmp), f'Bit balance and bit correlation of the {source}'))
+  attention = _attention_figure(data, tmp)
+  if attention:
+    figures.append((attention, 'Attention maps over query images'))
+  with open(os.path.join(tmp, 'index.html'), 'w') as f:
+    f.write(_html(data, figures))
+  old = f'{final}.old'
+  if os.path.exists(final):
+    os.replace(final, old)
+  os.replace(tmp, final)
+  shutil.rmtree(old, ignore_errors=True)
+  return final

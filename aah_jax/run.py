@@ -1,0 +1,347 @@
+"""The run: the outer loop of ``aah_jax.train`` with checkpoints, logs and evaluation.
+
+``prepare(config)`` builds what training and the tools (aah-eval, aah-index, …) share:
+the mesh, the network, the data and the compiled encoder. ``train_and_evaluate`` runs
+(or continues, from WORKDIR/checkpoints) the outer iterations and writes
+WORKDIR/results.json.
+
+Continuing is exact: Ω, the epoch orders and the augmentation derive from the seed and
+the step count, so a run restored from a checkpoint at any step computes what the
+uninterrupted run computes from there.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import time
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from aah_jax import adsh, checkpoint, datasets, evaluation, input_pipeline, mesh as mesh_lib
+from aah_jax import preemption, report, run_log, train
+from aah_jax.mesh import to_host
+from aah_jax.models import A2NetPlusPlus, create_model
+
+RESULTS_FILE = 'results.json'
+
+
+class NonFiniteLoss(FloatingPointError):
+  """A train step produced a NaN or infinite loss; no checkpoint holds its state."""
+
+
+@dataclasses.dataclass
+class Run:
+  """A config made concrete: mesh, network, optimiser and the compiled encoder; the data
+  (the database is the training split, the queries the test split) open on first use,
+  so that tools that only encode images never need the dataset."""
+
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  model: A2NetPlusPlus
+  schedule: train.Schedule
+  tx: optax.GradientTransformation
+
+  @functools.cached_property
+  def _data(self) -> tuple:
+    config = self.config
+    entry = datasets.dataset_entry(config.dataset)
+    builder = datasets.load_builder(config.dataset, config.data.builder_config,
+                                    config.data.data_dir, config.data.manual_dir)
+    return (builder.as_data_source(entry.database_split),
+            builder.as_data_source(entry.query_split),
+            datasets.read_labels(builder, entry.database_split),
+            datasets.read_labels(builder, entry.query_split))
+
+  db_source = property(lambda self: self._data[0])
+  query_source = property(lambda self: self._data[1])
+  db_labels = property(lambda self: self._data[2])
+  query_labels = property(lambda self: self._data[3])
+
+  @property
+  def num_database(self) -> int:
+    return len(self.db_source)
+
+  def init_state(self) -> train.TrainState:
+    return jax.jit(self._init, out_shardings=mesh_lib.replicated(self.mesh))(
+        jax.random.key(self.config.seed))
+
+  def abstract_state(self) -> train.TrainState:
+    """Shapes, dtypes and (replicated) shardings of the state, for restoring into."""
+    shapes = jax.eval_shape(self._init, jax.random.key(self.config.seed))
+    sharding = mesh_lib.replicated(self.mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                        shapes)
+
+  def _init(self, rng):
+    tc = self.config.train
+    return train.init_state(rng, self.model, self.tx, image_size=self.config.image_size,
+                            db_labels=self.db_labels, num_samples=tc.num_samples)
+
+  @functools.cached_property
+  def _encoder(self):
+    return evaluation.make_encoder(self.model, self.mesh)
+
+  def encode(self, variables: dict, source) -> np.ndarray:
+    """u (len(source), k) of every item of source with the network's variables."""
+    data = self.config.data
+    return evaluation.encode_split(
+        self._encoder, variables, source, global_batch=self.config.eval.batch_size,
+        image_size=self.config.image_size, num_threads=data.num_threads,
+        num_workers=data.num_workers, dtype=input_pipeline.IMAGE_DTYPES[data.image_dtype],
+        sharding=mesh_lib.batch_sharded(self.mesh))
+
+  def evaluate(self, state: train.TrainState) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
+    """(the mAPs of evaluation.evaluate, (query u, database u))."""
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    query_u = self.encode(variables, self.query_source)
+    db_u = self.encode(variables, self.db_source)
+    return evaluation.evaluate(query_u, db_u, to_host(state.B), self.query_labels,
+                               self.db_labels, self.config.seed), (query_u, db_u)
+
+
+def prepare(config: ml_collections.ConfigDict) -> Run:
+  """Checks the config and builds the mesh, network and optimiser (no data read yet)."""
+  num_devices = jax.device_count()
+  train.validate_config(config, num_devices)
+  datasets.dataset_entry(config.dataset)  # an unknown dataset fails here
+  model = create_model(config.model)
+  if config.train.per_device_batch_norm:
+    model = model.clone(bn_groups=num_devices)
+  tc = config.train
+  schedule = train.Schedule(tc.num_iterations, tc.epochs * tc.num_samples // tc.batch_size,
+                            config.optim.learning_rate, config.optim.lr_decay_fraction,
+                            config.optim.lr_decay_factor)
+  return Run(config=config, mesh=mesh_lib.make_mesh(), model=model, schedule=schedule,
+             tx=train.make_optimizer(config.optim, schedule))
+
+
+def sample_omega(seed: int, iteration: int, num_database: int, num_samples: int) -> np.ndarray:
+  """Ω of an outer iteration: num_samples database indices, the same on every process."""
+  return np.random.default_rng([seed, iteration]).permutation(num_database)[:num_samples]
+
+
+# ----------------------------------------------------------------------------- resuming
+
+
+def new_progress(config, num_database: int) -> dict:
+  return {'config': config.to_dict(), 'num_database': num_database, 'history': [],
+          'step_metrics': [], 'wall_time_seconds': 0.0}
+
+
+def check_resumable(progress: dict, config, num_database: int, workdir: str):
+  """A checkpoint continues only the run that wrote it: a clear error otherwise."""
+  fields = checkpoint.incompatible_fields(progress['config'], config)
+  if progress['num_database'] != num_database:
+    fields.append(f'database size ({progress["num_database"]} saved, {num_database} now)')
+  if fields:
+    saved = checkpoint.flat_config(progress['config'])
+    now = checkpoint.flat_config(config.to_dict())
+    shown = [f'{f}: {saved.get(f)!r} saved, {now.get(f)!r} now' if f in saved or f in now else f
+             for f in fields]
+    raise ValueError(f'{workdir} holds checkpoints of a different run; differing: '
+                     f'{"; ".join(shown)}. Use another --workdir, or the saved config.')
+
+
+def restore_or_init(run: Run, ckpts: checkpoint.RunCheckpoints, workdir: str):
+  """(state, progress): the latest checkpoint's if there is one, else a fresh start."""
+  if ckpts.latest_step() is None:
+    return run.init_state(), new_progress(run.config, run.num_database)
+  check_resumable(ckpts.restore_progress(), run.config, run.num_database, workdir)
+  state, progress = ckpts.restore(run.abstract_state())
+  if jax.process_index() == 0:
+    logging.info('continuing %s from step %d', workdir, int(to_host(state.step)))
+  return state, progress
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _mean_metrics(metrics: list[dict]) -> dict:
+  return {name: float(np.mean(np.asarray([m[name] for m in metrics], np.float64)))
+          for name in metrics[0]}
+
+
+def _check_finite(step: int, iteration: int, metrics: dict):
+  bad = {name: value for name, value in metrics.items() if not np.isfinite(value)}
+  if bad:
+    terms = ', '.join(f'{name}={value}' for name, value in bad.items())
+    raise NonFiniteLoss(f'non-finite loss at step {step} (outer iteration {iteration + 1}): '
+                        f'{terms}; stopped without saving it, the last checkpoint is intact')
+
+
+def _progress_line(record: dict, num_iterations: int, eta: float) -> str:
+  shown = ' '.join(f'{name}={record[name]:.4g}' for name in
+                   ('loss', 'hash', 'quant', 'dec', 'rec', 'img', 'map_learned_db') if name in record)
+  return (f'[{record["iteration"]}/{num_iterations}] phase {record["phase"]} {shown} '
+          f'({record["seconds"]:.1f}s, eta {eta:.0f}s)')
+
+
+def write_json(path: str, payload: dict):
+  """Write atomically: a reader sees the old file or the whole new one."""
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(payload, f, indent=2)
+  os.replace(tmp, path)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or continues training) on config.dataset, evaluates, writes
+  workdir/results.json and returns it.
+
+  Raises preemption.Preempted after saving when SIGTERM arrives, and NonFiniteLoss on a
+  NaN/inf loss (before saving the bad state).
+  """
+  start_time = time.time()
+  is_main = jax.process_index() == 0
+  tc, cc = config.train, config.checkpoint
+  run = prepare(config)
+  train.validate_num_samples(config, run.num_database)
+  schedule, db_labels = run.schedule, run.db_labels
+  steps_per_iteration = schedule.steps_per_iteration
+  batches_per_epoch = tc.num_samples // tc.batch_size
+  total_steps = tc.num_iterations * steps_per_iteration
+
+  ckpts = checkpoint.RunCheckpoints(workdir, keep=cc.keep, async_save=cc.async_save)
+  state, progress = restore_or_init(run, ckpts, workdir)
+  history = progress['history']
+  prior_seconds = progress['wall_time_seconds']
+
+  replicated, batch_sharding = mesh_lib.replicated(run.mesh), mesh_lib.batch_sharded(run.mesh)
+  step_fn = train.compile_train_step(run.mesh, model=run.model, tx=run.tx, schedule=schedule,
+                                     weights=train.loss_weights(config), gamma=config.loss.gamma)
+  update_codes = train.make_database_update(run.mesh, run.num_database, config.loss.gamma,
+                                            config.loss.soft_similarity)
+  negative_weight = jax.jit(functools.partial(adsh.negative_weight,
+                                              soft=config.loss.soft_similarity),
+                            out_shardings=replicated)
+  log = run_log.RunLog(workdir, enabled=is_main, start_step=int(to_host(state.step)),
+                       total_steps=total_steps, print_every_steps=config.log.every_steps,
+                       tensorboard=config.log.tensorboard)
+
+  def snapshot(step_metrics: list) -> dict:
+    return dict(progress, history=history, step_metrics=step_metrics,
+                wall_time_seconds=prior_seconds + time.time() - start_time)
+
+  def train_on_omega(state, iteration: int, omega: np.ndarray, stop):
+    """The iteration's remaining steps (train.epochs epochs over Ω, each in a fresh order):
+    saves every checkpoint.every_steps, stops on SIGTERM, checks each step's loss."""
+    metrics, progress['step_metrics'] = list(progress['step_metrics']), []
+    first = iteration * steps_per_iteration
+    done = int(to_host(state.step)) - first
+    pending = []  # the last step's metrics, read one step late so dispatch runs ahead
+
+    def flush():
+      for step, step_metrics in pending:
+        host = {name: float(value) for name, value in jax.device_get(step_metrics).items()}
+        _check_finite(step, iteration, host)
+        metrics.append(host)
+        log.step(step, iteration + 1, host, tc.batch_size)
+      pending.clear()
+
+    for epoch in range(tc.epochs):
+      start_batch = max(0, done - epoch * batches_per_epoch)
+      if start_batch >= batches_per_epoch:
+        continue
+      seeds = np.random.SeedSequence([config.seed, iteration, epoch])
+      order = np.random.default_rng(seeds).permutation(tc.num_samples)
+      batches = input_pipeline.train_epoch(
+          run.db_source, omega, order, global_batch=tc.batch_size, image_size=config.image_size,
+          crop_scale=config.data.train_crop_scale, seed=int(seeds.generate_state(1)[0]),
+          num_threads=config.data.num_threads, num_workers=config.data.num_workers,
+          dtype=input_pipeline.IMAGE_DTYPES[config.data.image_dtype],
+          process_index=jax.process_index(), process_count=jax.process_count(),
+          start_batch=start_batch)
+      on_device = mesh_lib.prefetch_to_device(batches, batch_sharding, config.data.prefetch)
+      for batch_index, batch in enumerate(on_device, start=start_batch):
+        state, step_metrics = step_fn(state, batch)
+        flush()
+        step = first + epoch * batches_per_epoch + batch_index + 1
+        pending.append((step, step_metrics))
+        if step - first == steps_per_iteration:
+          continue  # the iteration's end saves (and answers SIGTERM) after the DCC sweep
+        stopping = stop.requested(step)
+        if stopping or (cc.every_steps and step % cc.every_steps == 0):
+          flush()
+          ckpts.save(step, state, snapshot(metrics))
+        if stopping:
+          ckpts.wait()
+          raise preemption.Preempted(step)
+    flush()
+    return state, metrics
+
+  if is_main:
+    logging.info('%s: N=%d database, %d queries; %d devices; %d outer iterations × %d steps',
+                 config.dataset, run.num_database, len(run.query_source), jax.device_count(),
+                 tc.num_iterations, steps_per_iteration)
+  first_iteration = len(history)
+  final_u = (None, None)
+  try:
+    with preemption.StopSignal() as stop:
+      for iteration in range(len(history), tc.num_iterations):
+        iteration_start = time.time()
+        omega = sample_omega(config.seed, iteration, run.num_database, tc.num_samples)
+        state = state.replace(negative_weight=negative_weight(db_labels[omega], db_labels))
+        state, step_metrics = train_on_omega(state, iteration, omega, stop)
+        state = state.replace(
+            B=update_codes(state.B, state.U, omega, db_labels[omega], state.db_labels))
+
+        record = {'iteration': iteration + 1, **_mean_metrics(step_metrics)}
+        record['phase'] = int(record['phase'])
+        record['bit_balance'] = float(np.abs(to_host(state.B).mean(axis=0)).mean())
+        every = config.eval.every_iterations
+        if iteration + 1 == tc.num_iterations or (every and (iteration + 1) % every == 0):
+          maps, final_u = run.evaluate(state)
+          record.update(maps)
+        record['seconds'] = time.time() - iteration_start
+        history.append(record)
+        step = (iteration + 1) * steps_per_iteration
+        log.iteration(step, record)
+        ckpts.save(step, state, snapshot([]), record.get('map_learned_db'))
+        if is_main:
+          elapsed = time.time() - start_time
+          done = iteration + 1 - first_iteration
+          print(_progress_line(record, tc.num_iterations,
+                               eta=elapsed / done * (tc.num_iterations - iteration - 1)),
+                flush=True)
+        if iteration + 1 < tc.num_iterations and stop.requested(step):
+          ckpts.wait()
+          raise preemption.Preempted(step)
+  finally:
+    ckpts.wait()
+    ckpts.close()
+    log.close()
+
+  final = history[-1]
+  results = {
+      'dataset': config.dataset,
+      'bits': int(config.bits),
+      'map_learned_db': final['map_learned_db'],
+      'map_tie_aware_learned_db': final['map_tie_aware_learned_db'],
+      'map_encoded_db': final['map_encoded_db'],
+      'map_random': final['map_random'],
+      # Selection on the test set, as the reference code reports it: logged, not a result.
+      'best_map_learned_db_over_iterations': max(h.get('map_learned_db', -1.0) for h in history),
+      'num_database': run.num_database,
+      'num_queries': len(run.query_source),
+      'num_devices': jax.device_count(),
+      'final_step': total_steps,
+      'wall_time_seconds': prior_seconds + time.time() - start_time,
+      'history': history,
+      'config': config.to_dict(),
+  }
+  if is_main:
+    os.makedirs(workdir, exist_ok=True)
+    write_json(os.path.join(workdir, RESULTS_FILE), results)
+  if config.log.report:
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    data = report.collect(run, variables, to_host(state.B), workdir, query_u=final_u[0],
+                          db_u=final_u[1], title=f'{config.dataset}, {config.bits} bits: '
+                                                 f'training run {os.path.abspath(workdir)}')
+    if is_main:
+      report.write(data, workdir)
+  return results

@@ -1,0 +1,276 @@
+"""The whole run through its command line, on configs/tiny.py and one CPU device:
+training, checkpoints and resuming, preemption, non-finite losses, logs, aah-eval."""
+
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from aah_jax import run_log
+from configs import tiny
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+EVERY_STEPS = 20  # checkpoint interval of these runs: 45 steps per outer iteration
+TIMING = ('seconds', 'wall_time_seconds')
+
+
+def _env():
+  return {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # one device
+
+
+def _train_command(workdir, data_dir, *flags):
+  return [sys.executable, '-m', 'aah_jax.main', '--config=configs/tiny.py',
+          f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
+          f'--config.checkpoint.every_steps={EVERY_STEPS}', *flags]
+
+
+def _run(command, timeout=600):
+  return subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def _last_logged_step(workdir) -> int:
+  steps = [r['step'] for r in run_log.read_metrics(workdir, 'step')]
+  return max(steps, default=0)
+
+
+def _start_and_signal(command, workdir, at_step: int, signum, output) -> int:
+  """Runs command until its log shows a step ≥ at_step, sends it signum, and returns its
+  exit code; stdout and stderr go to the files output.out and output.err."""
+  with open(f'{output}.out', 'w') as out, open(f'{output}.err', 'w') as err:
+    process = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=out, stderr=err, text=True)
+    deadline = time.time() + 600
+    while _last_logged_step(workdir) < at_step:
+      assert process.poll() is None, pathlib.Path(f'{output}.err').read_text()[-4000:]
+      assert time.time() < deadline
+      time.sleep(0.02)
+    process.send_signal(signum)
+    return process.wait(timeout=120)
+
+
+def _checkpoint_steps(workdir) -> list[int]:
+  root = pathlib.Path(workdir) / 'checkpoints'
+  return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit())
+
+
+def _final_state(workdir) -> dict:
+  path = pathlib.Path(workdir) / 'checkpoints' / str(_checkpoint_steps(workdir)[-1]) / 'state'
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.restore(path)
+
+
+def _without_timing(tree):
+  if isinstance(tree, dict):
+    return {k: _without_timing(v) for k, v in tree.items() if k not in TIMING}
+  if isinstance(tree, list):
+    return [_without_timing(v) for v in tree]
+  return tree
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp('data')
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory, data_dir):
+  """An uninterrupted run of configs/tiny.py: (workdir, the process's stdout)."""
+  workdir = tmp_path_factory.mktemp('tiny') / 'run'
+  result = _run(_train_command(workdir, data_dir))
+  assert result.returncode == 0, result.stderr[-4000:]
+  return workdir, result.stdout
+
+
+def test_tiny_config_trains_end_to_end(tiny_run):
+  workdir, stdout = tiny_run
+  assert 'mAP@all' in stdout and '[10/10]' in stdout  # summary and progress
+  results = json.loads((workdir / 'results.json').read_text())
+  for key in ('dataset', 'bits', 'map_learned_db', 'map_encoded_db', 'map_random', 'history',
+              'wall_time_seconds', 'config'):
+    assert key in results
+  assert abs(results['map_tie_aware_learned_db'] - results['map_learned_db']) < 0.05
+  config = tiny.get_config()
+  assert len(results['history']) == config.train.num_iterations == 10
+  assert [h['phase'] for h in results['history']] == [1] * 5 + [2] * 5
+  assert results['num_database'] == 960 and results['num_queries'] == 240
+  assert results['num_devices'] == 1 and results['config']['bits'] == 12
+  # 48 classes: random codes score about 0.03 here. Training must clear that by far.
+  assert results['map_random'] < 0.05
+  assert results['map_learned_db'] > results['map_random'] + 0.08, results
+  assert results['map_encoded_db'] > results['map_random'] + 0.05, results
+
+
+def test_logs_cover_every_step_and_iteration(tiny_run):
+  workdir, stdout = tiny_run
+  steps = run_log.read_metrics(workdir, 'step')
+  assert [r['step'] for r in steps] == list(range(1, 451))
+  for name in ('loss', 'hash', 'quant', 'dec', 'rec', 'img', 'lr', 'phase', 'images_per_second'):
+    assert name in steps[-1]
+  iterations = run_log.read_metrics(workdir, 'iteration')
+  assert [r['iteration'] for r in iterations] == list(range(1, 11))
+  assert 'bit_balance' in iterations[0] and 'map_learned_db' in iterations[-1]
+  assert 'eta' in stdout  # the progress line
+  events = list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
+  assert events and events[0].stat().st_size > 1000
+
+
+def test_killed_and_preempted_run_continues_exactly(tiny_run, data_dir, tmp_path):
+  """SIGKILL at an arbitrary step, rerun, SIGTERM later, rerun to the end: the same
+  results.json (but for timings) and bit-identical parameters as without interruption."""
+  workdir = tmp_path / 'run'
+  command = _train_command(workdir, data_dir)
+
+  assert _start_and_signal(command, workdir, 100, signal.SIGKILL, tmp_path / 'killed') != 0
+  assert not (workdir / 'results.json').exists()
+  assert max(_checkpoint_steps(workdir)) <= _last_logged_step(workdir)
+
+  output = tmp_path / 'preempted'
+  code = _start_and_signal(command, workdir, 250, signal.SIGTERM, output)
+  assert code == 0, pathlib.Path(f'{output}.err').read_text()[-4000:]
+  assert 'preempted' in pathlib.Path(f'{output}.out').read_text()
+  saved = max(_checkpoint_steps(workdir))
+  assert saved >= 250 and saved == _last_logged_step(workdir)  # at the next step boundary
+
+  finished = _run(command)
+  assert finished.returncode == 0, finished.stderr[-4000:]
+  assert 'continuing' in finished.stderr
+
+  expected = json.loads((tiny_run[0] / 'results.json').read_text())
+  actual = json.loads((workdir / 'results.json').read_text())
+  assert _without_timing(actual) == _without_timing(expected)
+  expected_state, actual_state = _final_state(tiny_run[0]), _final_state(workdir)
+  flat_expected = jax_leaves(expected_state)
+  flat_actual = jax_leaves(actual_state)
+  assert flat_expected.keys() == flat_actual.keys() and len(flat_expected) > 100
+  for key, value in flat_expected.items():
+    np.testing.assert_array_equal(flat_actual[key], value, err_msg=key)
+  # The logs read as one run: every step once, in order.
+  assert [r['step'] for r in run_log.read_metrics(workdir, 'step')] == list(range(1, 451))
+
+
+def jax_leaves(tree) -> dict:
+  return {jax.tree_util.keystr(path): np.asarray(leaf)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def test_a_different_config_does_not_continue_a_run(tiny_run, data_dir):
+  workdir, _ = tiny_run
+  result = _run(_train_command(workdir, data_dir, '--config.bits=16'))
+  assert result.returncode != 0
+  assert 'different run' in result.stderr and 'bits: 12 saved, 16 now' in result.stderr
+
+
+def test_non_finite_loss_stops_and_names_the_step(data_dir, tmp_path):
+  workdir = tmp_path / 'run'
+  result = _run(_train_command(workdir, data_dir, '--config.optim.learning_rate=1e30',
+                               '--config.optim.lr_multipliers.attribute_codec=1.0',
+                               '--config.checkpoint.every_steps=1'))
+  assert result.returncode != 0
+  assert 'NonFiniteLoss' in result.stderr and 'non-finite loss at step' in result.stderr
+  bad_step = int(re.search(r'non-finite loss at step (\d+) \(outer iteration 1\): \w+=(nan|inf)',
+                           result.stderr).group(1))
+  steps = _checkpoint_steps(workdir)
+  assert steps and max(steps) < bad_step  # the bad state was not saved
+  state = _final_state(workdir)
+  assert all(np.isfinite(v).all() for v in jax_leaves(state['params']).values())
+
+
+def test_eval_of_the_saved_run_equals_its_final_numbers(tiny_run, data_dir):
+  workdir, _ = tiny_run
+  result = _run([sys.executable, '-m', 'aah_jax.cli.aah_eval', f'--workdir={workdir}',
+                 f'--config.data.data_dir={data_dir}'])
+  assert result.returncode == 0, result.stderr[-4000:]
+  evaluation = json.loads((workdir / 'eval.json').read_text())
+  results = json.loads((workdir / 'results.json').read_text())
+  assert evaluation['step'] == 450
+  assert evaluation['learned_db']['map'] == results['map_learned_db']
+  assert evaluation['learned_db']['map_tie_aware'] == results['map_tie_aware_learned_db']
+  assert evaluation['encoded_db']['map'] == results['map_encoded_db']
+  assert evaluation['random']['map'] == results['map_random']
+  assert 0 <= evaluation['encoded_db']['precision_at_k']['10'] <= 1
+  assert len(evaluation['learned_db']['pr_curve_by_radius']['precision']) == 13
+  assert 'aah-eval of step 450' in (workdir / 'report' / 'index.html').read_text()
+
+
+REPORT_FIGURES = ('loss_terms.png', 'map.png', 'pr_curve.png', 'precision_at_k.png',
+                  'gallery.png', 'bits.png', 'attention.png')
+
+
+def test_report_figures_are_real_pictures(tiny_run):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  folder = tiny_run[0] / 'report'
+  page = (folder / 'index.html').read_text()
+  for name in REPORT_FIGURES:
+    assert f'src="{name}"' in page
+    with Image.open(folder / name) as picture:
+      pixels = np.asarray(picture.convert('L'), np.float32)
+    assert min(pixels.shape) >= 100, name
+    assert pixels.std() > 5 and len(np.unique(pixels)) > 20, name  # not blank, not flat
+  assert not (tiny_run[0] / 'report.tmp').exists()
+
+
+def _tool(name, *args):
+  return _run([sys.executable, '-m', f'aah_jax.cli.{name}', *args], timeout=300)
+
+
+def _write_query_images(folder, data_dir, count=4):
+  """Test-split images of the tiny set saved as PNG files in class folders."""
+  from aah_jax import datasets  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  source = datasets.load_builder('synthetic_birds', 'tiny', str(data_dir)).as_data_source('test')
+  paths = []
+  for i in range(count):
+    example = source[i]
+    path = folder / f'class{int(example["label"]):02d}' / f'{i}.png'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(example['image'])).save(path)
+    paths.append(path)
+  return paths
+
+
+def test_index_and_search_tools(tiny_run, data_dir, tmp_path):
+  workdir, _ = tiny_run
+  data_flag = f'--config.data.data_dir={data_dir}'
+  queries = _write_query_images(tmp_path / 'images', data_dir)
+
+  result = _tool('aah_index', f'--workdir={workdir}', f'--out={tmp_path / "db.idx"}', data_flag)
+  assert result.returncode == 0, result.stderr[-4000:]
+  from aah_jax import index as index_lib  # pylint: disable=g-import-not-at-top
+  database = index_lib.load_index(str(tmp_path / 'db.idx'))
+  assert len(database) == 960 and database.bits == 12 and database.meta['step'] == 450
+  assert database.paths[5] == 'synthetic_birds:train[5]'
+
+  result = _tool('aah_index', f'--workdir={workdir}', f'--out={tmp_path / "folder.idx"}',
+                 f'--image_dir={tmp_path / "images"}', data_flag)
+  assert result.returncode == 0, result.stderr[-4000:]
+  folder = index_lib.load_index(str(tmp_path / 'folder.idx'))
+  assert len(folder) == 4 and sorted(folder.paths) == sorted(str(q) for q in queries)
+
+  gallery_png = tmp_path / 'gallery.png'
+  result = _tool('aah_search', f'--workdir={workdir}', f'--index={tmp_path / "folder.idx"}',
+                 '--k=2', f'--gallery={gallery_png}', data_flag, *map(str, queries))
+  assert result.returncode == 0, result.stderr[-4000:]
+  for query in queries:  # each image finds itself (or an identical code) at distance 0
+    block = result.stdout.split(f'{query}:\n')[1]
+    assert block.splitlines()[0].split()[2] == '0', result.stdout
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with Image.open(gallery_png) as picture:
+    assert picture.size[0] > 300 and np.asarray(picture).std() > 10
+
+  result = _tool('aah_search', f'--workdir={workdir}', f'--index={tmp_path / "db.idx"}',
+                 data_flag, '--step=440', str(queries[0]))
+  assert result.returncode != 0 and 'encoded by another network' in result.stderr
+  broken = tmp_path / 'broken.png'
+  broken.write_bytes(b'not an image')
+  result = _tool('aah_search', f'--workdir={workdir}', f'--index={tmp_path / "db.idx"}',
+                 data_flag, str(queries[0]), str(broken))
+  assert result.returncode != 0 and f'{broken} (' in result.stderr
