@@ -17,6 +17,7 @@ import os
 from typing import Any, Optional
 
 from absl import logging
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
@@ -105,11 +106,18 @@ class RunCheckpoints:
     return restored['state'], restored['progress']
 
   def restore_tree(self, step: Optional[int] = None) -> dict:
-    """The saved state of step (default: latest) as a tree of dicts of arrays, without
-    needing its structure: for tools that read parts of it (params, B, …)."""
+    """The saved state of step (default: latest) as a tree of dicts of arrays on this
+    process's first device, whatever devices and processes saved it: for tools that read
+    parts of it (params, B, …), e.g. on one machine after a pod run."""
     step = self._step(step)
+    with ocp.StandardCheckpointer() as reader:
+      saved = reader.metadata(self._manager.directory / str(step) / 'state').item_metadata
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                                            sharding=here),
+                          saved, is_leaf=lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype'))
     return self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore()))['state']
+        state=ocp.args.StandardRestore(target)))['state']
 
   def restore_progress(self, step: Optional[int] = None) -> dict:
     step = self._step(step)

@@ -118,22 +118,25 @@ def train_epoch(source, omega: np.ndarray, order: np.ndarray, *, global_batch: i
 
   Yields dicts of 'image' (normalised float32 NHWC, random-resized-crop + flip),
   'label', 'index' (database index ω) and 'position' (row of U). ``len(order)``
-  must be a multiple of ``global_batch``. ``start_batch`` skips the epoch's first
-  batches without reading them; the rest are the same batches, with the same
-  augmentation (drawn per example from ``seed`` and its place in the epoch).
+  must be a multiple of ``global_batch``. The augmentation of an example is drawn from
+  ``seed`` and its position in Ω, so it does not depend on which process reads it.
+  ``start_batch`` skips the epoch's first batches without reading them.
   """
   if len(order) % global_batch:
     raise ValueError(f'{len(order)} samples do not split into global batches of {global_batch}')
   positions = local_slice(np.asarray(order), global_batch, process_index, process_count)
 
-  def augment(item, rng):
+  def augment(item):
+    # Drawn from (seed, position in Ω): the same for an example whichever process reads it
+    # and wherever the epoch is resumed.
+    rng = np.random.default_rng([seed, int(item['position'])])
     image = random_resized_crop(item['image'], rng, image_size, scale=tuple(crop_scale))
     if rng.random() < 0.5:
       image = image[:, ::-1]
     return dict(item, image=normalize(image, dtype))
 
   dataset = (grain.MapDataset.source(_Indexed(source, omega[positions], positions))
-             .random_map(augment, seed=seed)
+             .map(augment)
              .batch(global_batch // process_count, drop_remainder=True))[start_batch:]
   return _iterate(dataset, num_threads, num_workers)
 

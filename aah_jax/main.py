@@ -1,15 +1,24 @@
 """The main job: `python -m aah_jax.main --config=configs/default.py --workdir=DIR`."""
 
+import os
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from aah_jax import preemption
+from aah_jax import distributed, preemption
 from aah_jax import run as run_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'ml_collections config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for the run\'s outputs (results.json, '
                     'checkpoints/, metrics.jsonl, tensorboard/); rerunning continues the run.')
+flags.DEFINE_bool('distributed', os.environ.get('AAH_DISTRIBUTED') == '1',
+                  'Join a multi-process run (jax.distributed.initialize); also AAH_DISTRIBUTED=1. '
+                  'On TPU pods, SLURM and Open MPI the rest is detected.')
+flags.DEFINE_string('coordinator_address', os.environ.get('AAH_COORDINATOR_ADDRESS'),
+                    'host:port of process 0 (where it cannot be detected).')
+flags.DEFINE_integer('num_processes', None, 'Number of processes (where it cannot be detected).')
+flags.DEFINE_integer('process_id', None, 'This process\'s id (where it cannot be detected).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -22,6 +31,8 @@ def summary(results: dict) -> str:
 
 def main(argv):
   del argv
+  if FLAGS.distributed:
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   try:
     results = run_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except preemption.Preempted as stopped:

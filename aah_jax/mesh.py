@@ -46,4 +46,6 @@ def prefetch_to_device(local_batches: Iterable[dict], sharding, size: int = 2) -
 
 def to_host(x) -> np.ndarray:
   """A replicated global array as a NumPy array, also where it spans several processes."""
-  return np.asarray(x if x.is_fully_addressable else x.addressable_data(0))
+  if not isinstance(x, jax.Array) or x.is_fully_addressable:
+    return np.asarray(x)
+  return np.asarray(x.addressable_data(0))

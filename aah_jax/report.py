@@ -18,10 +18,12 @@ from typing import Optional
 import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from aah_jax import evaluation, gallery, input_pipeline, retrieval, run_log  # pylint: disable=wrong-import-position
 from aah_jax.codes import hash_codes  # pylint: disable=wrong-import-position
+from aah_jax.mesh import to_host  # pylint: disable=wrong-import-position
 
 REPORT_DIR = 'report'
 GALLERY_QUERIES = 8
@@ -81,8 +83,9 @@ def collect(run, variables: dict, B: Optional[np.ndarray], workdir: str, *, titl
   picked = queries[:ATTENTION_IMAGES]
   images = np.stack([input_pipeline.resize_center_crop(_db_image(run.query_source, q),
                                                        run.config.image_size) for q in picked])
+  local_variables = jax.tree.map(to_host, variables)  # this process's copy (multi-host too)
   _, attention = evaluation.make_attention_encoder(run.model)(
-      variables, input_pipeline.normalize(images))
+      local_variables, input_pipeline.normalize(images))
   return ReportData(title=title, steps=run_log.read_metrics(workdir, 'step'),
                     iterations=run_log.read_metrics(workdir, 'iteration'), curves=curves,
                     B=np.asarray(B), gallery_rows=rows, attention_images=images,

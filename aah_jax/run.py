@@ -18,11 +18,13 @@ import time
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import optax
 
-from aah_jax import adsh, checkpoint, datasets, evaluation, input_pipeline, mesh as mesh_lib
+from aah_jax import adsh, checkpoint, convert, datasets, evaluation, input_pipeline
+from aah_jax import mesh as mesh_lib
 from aah_jax import preemption, report, run_log, train
 from aah_jax.mesh import to_host
 from aah_jax.models import A2NetPlusPlus, create_model
@@ -47,11 +49,21 @@ class Run:
   tx: optax.GradientTransformation
 
   @functools.cached_property
+  def builder(self):
+    """The config's prepared tfds builder (prepared or generated on first use; with several
+    processes, process 0 first, so that hosts sharing a data_dir never build at once)."""
+    data = self.config.data
+    load = functools.partial(datasets.load_builder, self.config.dataset, data.builder_config,
+                             data.data_dir, data.manual_dir)
+    if jax.process_count() == 1:
+      return load()
+    builder = load() if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices('aah_jax dataset prepared')
+    return builder or load()
+
+  @functools.cached_property
   def _data(self) -> tuple:
-    config = self.config
-    entry = datasets.dataset_entry(config.dataset)
-    builder = datasets.load_builder(config.dataset, config.data.builder_config,
-                                    config.data.data_dir, config.data.manual_dir)
+    entry, builder = datasets.dataset_entry(self.config.dataset), self.builder
     return (builder.as_data_source(entry.database_split),
             builder.as_data_source(entry.query_split),
             datasets.read_labels(builder, entry.database_split),
@@ -67,8 +79,19 @@ class Run:
     return len(self.db_source)
 
   def init_state(self) -> train.TrainState:
-    return jax.jit(self._init, out_shardings=mesh_lib.replicated(self.mesh))(
-        jax.random.key(self.config.seed))
+    """The initial state; with config.model.pretrained, the trunk and both last-stage
+    copies start from that converted file (aah-convert)."""
+    replicated = mesh_lib.replicated(self.mesh)
+    state = jax.jit(self._init, out_shardings=replicated)(jax.random.key(self.config.seed))
+    path = self.config.model.get('pretrained')
+    if not path:
+      return state
+    variables = convert.load_pretrained(
+        jax.tree.map(to_host, {'params': state.params, 'batch_stats': state.batch_stats}), path)
+    variables = jax.device_put(variables, replicated)
+    return state.replace(params=variables['params'], batch_stats=variables['batch_stats'],
+                         opt_state=jax.jit(self.tx.init, out_shardings=replicated)(
+                             variables['params']))
 
   def abstract_state(self) -> train.TrainState:
     """Shapes, dtypes and (replicated) shardings of the state, for restoring into."""
@@ -237,7 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     def flush():
       for step, step_metrics in pending:
-        host = {name: float(value) for name, value in jax.device_get(step_metrics).items()}
+        host = {name: float(to_host(value)) for name, value in step_metrics.items()}
         _check_finite(step, iteration, host)
         metrics.append(host)
         log.step(step, iteration + 1, host, tc.batch_size)

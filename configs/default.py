@@ -38,7 +38,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.embed_dim = 512
   config.model.generator_base_channels = 64
   config.model.bn_groups = 1
-  config.model.dtype = 'float32'
+  config.model.dtype = 'float32'  # or 'bfloat16': convolutions and matmuls of the backbone
+  config.model.remat_local_stage = False  # recompute the local stage-4 path in backward
+  # A converted ImageNet backbone (aah-convert) for the trunk and both last-stage copies.
+  config.model.pretrained = ml_collections.FieldReference(None, field_type=str)
 
   config.loss = ml_collections.ConfigDict()
   config.loss.gamma = 200.0

@@ -35,6 +35,7 @@ def test_resnet50_shapes_at_224(bits):
   assert model.feature_dim == d
   inter = {k: v[0].shape for k, v in variables['intermediates'].items()}
   assert inter == {'trunk_features': (n, 14, 14, 1024), 'global_feature': (n, 2048),
+                   'global_stage_features': (n, 7, 7, 2048),
                    'attention_maps': (n, 14, 14, m), 'local_features': (n, m * 2048)}
   assert out.attention.shape == (n, 14, 14, m)
   assert out.u.shape == (n, bits)

@@ -274,3 +274,25 @@ def test_index_and_search_tools(tiny_run, data_dir, tmp_path):
   result = _tool('aah_search', f'--workdir={workdir}', f'--index={tmp_path / "db.idx"}',
                  data_flag, str(queries[0]), str(broken))
   assert result.returncode != 0 and f'{broken} (' in result.stderr
+
+
+def test_explain_tool_measures_and_draws(tiny_run, data_dir):
+  workdir, _ = tiny_run
+  result = _tool('aah_explain', f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
+                 '--images_per_side=4')
+  assert result.returncode == 0, result.stderr[-4000:]
+  folder = workdir / 'explain'
+  report = json.loads((folder / 'explain.json').read_text())
+  assert report['split'] == 'test' and report['num_images'] == 240 and report['bits'] == 12
+  assert len(report['attribute_values']) == 16  # 2+4+3+3+2+2 values of the 6 attributes
+  for key in ('mean_best_auc', 'attributes_covered', 'mean_best_auc_random',
+              'attributes_covered_random', 'mean_best_auc_encoded_database',
+              'attributes_covered_encoded_database'):
+    assert 0 <= report[key] <= 1, key
+  assert 0.5 <= report['mean_best_auc_random'] < 0.65  # 240 images: chance is noisy
+  assert len(report['per_bit']) == 12
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for name in ['alignment.png'] + [f'bit_{j:02d}.png' for j in range(12)]:
+    with Image.open(folder / name) as picture:
+      pixels = np.asarray(picture.convert('L'), np.float32)
+    assert pixels.std() > 5 and len(np.unique(pixels)) > 20, name

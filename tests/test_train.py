@@ -17,9 +17,10 @@ NUM_DB = 160
 BATCH = 64  # 8 images per device: per-device BatchNorm statistics stay well conditioned
 
 
-def _setup(bn_groups=1):
+def _setup(bn_groups=1, **model_fields):
   config = tiny.get_config()
   config.model.bn_groups = bn_groups
+  config.model.update(model_fields)
   model = create_model(config.model)
   schedule = train.Schedule(4, 2, 0.005, 0.9, 0.1)
   tx = train.make_optimizer(config.optim, schedule)
@@ -131,3 +132,29 @@ def test_bad_batch_sizes_fail_before_compute():
   config.train.num_samples = 992
   with pytest.raises(ValueError, match=r'N=960'):
     train.validate_num_samples(config, 960)
+
+
+def test_remat_of_the_local_stage_changes_memory_not_results():
+  state, batches, kwargs = _setup()
+  remat_state, _, remat_kwargs = _setup(remat_local_stage=True)
+  assert jax.tree.structure(remat_state.params) == jax.tree.structure(state.params)
+  plain, plain_metrics = _run_steps(jax.devices()[:1], state, batches, kwargs)
+  remat, remat_metrics = _run_steps(jax.devices()[:1], state, batches, remat_kwargs)
+  for a, b in zip(plain_metrics, remat_metrics):
+    assert a['loss'] == pytest.approx(b['loss'], rel=1e-5)
+  _assert_updates_agree(state.params, plain.params, remat.params, 0.01)
+
+
+def test_bfloat16_training_stays_finite_and_tracks_float32():
+  """bf16 convolutions and matmuls, float32 parameters, BN statistics, head and losses:
+  over three steps on the same batches the loss stays within 2% of float32."""
+  state, batches, kwargs = _setup()
+  _, _, bf16_kwargs = _setup(dtype='bfloat16')
+  batches = batches + batches[:1]
+  full, full_metrics = _run_steps(jax.devices()[:1], state, batches, kwargs)
+  half, half_metrics = _run_steps(jax.devices()[:1], state, batches, bf16_kwargs)
+  assert jax.tree.leaves(half.params)[0].dtype == jnp.float32
+  for a, b in zip(full_metrics, half_metrics):
+    assert np.isfinite(b['loss'])
+    assert b['loss'] == pytest.approx(a['loss'], rel=0.02)
+    assert b['hash'] == pytest.approx(a['hash'], rel=0.02)

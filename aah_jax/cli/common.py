@@ -49,8 +49,11 @@ class RestoredRun:
 def _set(config: ml_collections.ConfigDict, dotted: str, value):
   *parents, leaf = dotted.split('.')
   for name in parents:
+    if name not in config:
+      config[name] = ml_collections.ConfigDict()
     config = config[name]
-  config[leaf] = value
+  with config.ignore_type():
+    config[leaf] = value
 
 
 def saved_config(workdir: str, step: Optional[int] = None,
@@ -62,7 +65,10 @@ def saved_config(workdir: str, step: Optional[int] = None,
     progress = ckpts.restore_progress(step)
   finally:
     ckpts.close()
-  config = ml_collections.ConfigDict(progress['config'])
+  # Fields added to aah_jax after the run was saved take their defaults.
+  config = default.get_config()
+  for dotted, value in checkpoint.flat_config(progress['config']).items():
+    _set(config, dotted, tuple(value) if isinstance(value, list) else value)
   for dotted, value in (overrides or {}).items():
     _set(config, dotted, value)
   return config, step, progress

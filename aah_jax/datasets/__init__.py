@@ -94,3 +94,16 @@ def read_labels(builder: tfds.core.DatasetBuilder, split: str) -> np.ndarray:
   or (N, L) multi-hot."""
   source = builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
   return np.stack([np.asarray(example['label']) for example in source])
+
+
+def read_attributes(builder: tfds.core.DatasetBuilder, split: str):
+  """(attributes (N, …), names, values) of a split's examples, or None if the dataset has
+  no attribute annotations. values lists each categorical attribute's value names (the
+  embedded set); it is None for binary annotations (CUB-200-2011's 312)."""
+  if 'attributes' not in builder.info.features:
+    return None
+  source = builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
+  attributes = np.stack([np.asarray(example['attributes']) for example in source])
+  metadata = builder.info.metadata or {}
+  names = metadata.get('attribute_names') or [f'attribute_{i}' for i in range(attributes.shape[1])]
+  return attributes, list(names), metadata.get('attribute_values')

@@ -70,6 +70,8 @@ class A2NetPlusPlus(nn.Module):
     bn_groups: BatchNorm statistics over this many equal slices of the batch.
     dtype: compute dtype of convolutions (params, BN statistics and the head
       stay float32).
+    remat_local_stage: recompute the local stage-4 path (it runs M times per image)
+      in the backward pass instead of storing its activations.
   """
 
   backbone: str = 'resnet50'
@@ -81,6 +83,7 @@ class A2NetPlusPlus(nn.Module):
   generator_base_channels: int = 256
   bn_groups: int = 1
   dtype: Any = jnp.float32
+  remat_local_stage: bool = False
 
   @property
   def num_maps(self) -> int:
@@ -98,13 +101,17 @@ class A2NetPlusPlus(nn.Module):
     norm = functools.partial(BatchNorm, use_running_average=not train,
                              num_groups=self.bn_groups, dtype=self.dtype)
     t = ResNetTrunk(spec, norm, dtype=self.dtype, name='trunk')(images.astype(self.dtype))
-    g = global_average_pool(last_stage(spec, norm, self.dtype, name='global_stage')(t))
+    s = last_stage(spec, norm, self.dtype, name='global_stage')(t)
+    g = global_average_pool(s)
     self.sow('intermediates', 'trunk_features', t)
+    self.sow('intermediates', 'global_stage_features', s)
     self.sow('intermediates', 'global_feature', g)
     if self.use_attention:
       a = AttentionBranch(self.num_maps, norm, dtype=self.dtype, name='attention')(t)
       self.sow('intermediates', 'attention_maps', a)
-      x = local_features(last_stage(spec, norm, self.dtype, name='local_stage'), t, a)
+      local_stage = last_stage(spec, norm, self.dtype, name='local_stage',
+                               remat=self.remat_local_stage)
+      x = local_features(local_stage, t, a)
       self.sow('intermediates', 'local_features', x)
       v = jnp.concatenate([x, g], axis=-1)
     else:
@@ -126,6 +133,7 @@ class A2NetPlusPlus(nn.Module):
 def create_model(model_config) -> A2NetPlusPlus:
   """The network described by a ``config.model`` ConfigDict (or mapping)."""
   fields = dict(model_config)
+  fields.pop('pretrained', None)  # weights to start from: the run loads them (aah_jax.convert)
   dtype = fields.pop('dtype', 'float32')
   if dtype not in DTYPES:
     raise ValueError(f'config.model.dtype={dtype!r}; choose one of {sorted(DTYPES)}')

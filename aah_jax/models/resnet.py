@@ -150,11 +150,15 @@ def stage_stride(index: int) -> int:
   return 1 if index == 0 else 2
 
 
-def last_stage(spec: BackboneSpec, norm: ModuleDef, dtype: Any, name: str) -> ResNetStage:
-  """The backbone's last stage, as a module of its own (global or local path)."""
+def last_stage(spec: BackboneSpec, norm: ModuleDef, dtype: Any, name: str,
+               remat: bool = False) -> ResNetStage:
+  """The backbone's last stage, as a module of its own (global or local path). remat:
+  recompute its activations in the backward pass instead of keeping them (same
+  parameters and results, less memory, one more forward)."""
   index = len(spec.stage_sizes) - 1
-  return ResNetStage(spec.block_cls, spec.widths[index], spec.stage_sizes[index],
-                     stage_stride(index), norm, dtype=dtype, name=name)
+  stage_cls = nn.remat(ResNetStage) if remat else ResNetStage
+  return stage_cls(spec.block_cls, spec.widths[index], spec.stage_sizes[index],
+                   stage_stride(index), norm, dtype=dtype, name=name)
 
 
 class ResNetTrunk(nn.Module):

@@ -1,0 +1,191 @@
+"""ImageNet-pretrained ResNets from torchvision or timm state dicts, as aah_jax variables.
+
+    aah-convert --src=resnet50.pth --arch=resnet50 --out=resnet50_imagenet.npz
+
+Reads a state dict (``.pth`` needs torch; ``.safetensors`` and ``.npz`` do not), maps
+every tensor to the backbone's Flax names and layouts (conv weights OIHW → HWIO; BN
+weight/bias → scale/bias; running mean/var → batch statistics; ``num_batches_tracked``
+and ``fc`` dropped), and writes ``{'params': …, 'batch_stats': …}`` for the trunk and the
+last stage as one ``.npz`` of ``collection/module/…/name`` arrays. Unknown, missing or
+mis-shaped keys are an error that lists them.
+
+``load_pretrained(variables, path)`` puts such a file into a network's variables: the
+trunk, and the last stage into both the global and the local path; everything else
+(attention, W, encoders, generators) keeps its initialisation.
+"""
+
+import os
+import re
+
+from absl import app, flags, logging
+import flax.traverse_util
+import jax
+import numpy as np
+
+from aah_jax.models import A2NetPlusPlus
+
+_BN = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
+       'running_mean': ('batch_stats', 'mean'), 'running_var': ('batch_stats', 'var')}
+
+
+def read_state_dict(path: str) -> dict:
+  """{key: float32 array} of a .pth (torch), .safetensors or .npz state dict."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path} does not exist')
+  if path.endswith(('.pth', '.pt', '.bin')):
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      raise ImportError(f'reading {path} needs torch: pip install -e ".[torch]", or convert it '
+                        f'to .safetensors / .npz first') from None
+    loaded = torch.load(path, map_location='cpu', weights_only=True)
+    loaded = loaded.get('state_dict', loaded) if isinstance(loaded, dict) else loaded
+    return {k: v.detach().cpu().numpy() for k, v in loaded.items() if hasattr(v, 'numpy')}
+  if path.endswith('.safetensors'):
+    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+    return dict(load_file(path))
+  if path.endswith('.npz'):
+    with np.load(path, allow_pickle=False) as archive:
+      return {k: archive[k] for k in archive.files}
+  raise ValueError(f'{path}: unknown state-dict format (.pth, .safetensors or .npz)')
+
+
+def _flax_path(key: str):
+  """torchvision key → (collection, path tuple) of the trunk/last stage, or None to drop."""
+  key = re.sub(r'^(module|model)\.', '', key)
+  if key.startswith('fc.') or key.endswith('num_batches_tracked'):
+    return None
+  *module, name = key.split('.')
+  if module[0] == 'layer4':
+    scope = ('last_stage', f'block{module[1]}')
+    rest = module[2:]
+  elif module[0].startswith('layer'):
+    scope = ('trunk', module[0], f'block{module[1]}')
+    rest = module[2:]
+  else:
+    scope, rest = ('trunk',), module
+  if rest[:1] == ['downsample']:
+    rest = ['downsample_conv' if rest[1] == '0' else 'downsample_bn']
+  layer = rest[0]
+  if layer.startswith('conv') or layer == 'downsample_conv':
+    if name != 'weight':
+      raise KeyError(key)
+    return 'params', scope + (layer, 'kernel')
+  if layer.startswith('bn') or layer == 'downsample_bn':
+    collection, leaf = _BN[name]
+    return collection, scope + (layer, leaf)
+  raise KeyError(key)
+
+
+def expected_shapes(arch: str) -> dict:
+  """{(collection, path): shape} of the trunk and last stage of backbone arch."""
+  model = A2NetPlusPlus(backbone=arch, bits=12, use_image_decoder=False)
+  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=True),
+                          jax.ShapeDtypeStruct((1, 224, 224, 3), np.float32))
+  expected = {}
+  for collection in ('params', 'batch_stats'):
+    for path, leaf in flax.traverse_util.flatten_dict(shapes[collection]).items():
+      if path[0] == 'trunk':
+        expected[(collection, path)] = leaf.shape
+      elif path[0] == 'global_stage':
+        expected[(collection, ('last_stage',) + path[1:])] = leaf.shape
+  return expected
+
+
+def convert(state_dict: dict, arch: str) -> dict:
+  """{'params': …, 'batch_stats': …} (trunk + last_stage) from a torchvision/timm state dict."""
+  expected = expected_shapes(arch)
+  converted, unknown, misshaped = {}, [], []
+  for key, value in state_dict.items():
+    try:
+      target = _flax_path(key)
+    except (KeyError, IndexError):
+      unknown.append(key)
+      continue
+    if target is None:
+      continue
+    if target not in expected:
+      unknown.append(key)
+      continue
+    value = np.asarray(value, np.float32)
+    if value.ndim == 4:
+      value = value.transpose(2, 3, 1, 0)  # OIHW → HWIO
+    if value.shape != expected[target]:
+      misshaped.append(f'{key} {tuple(value.shape)} (expected {expected[target]})')
+      continue
+    converted[target] = value
+  missing = sorted(f'{c}:{"/".join(p)}' for c, p in set(expected) - set(converted))
+  problems = []
+  if unknown:
+    problems.append(f'{len(unknown)} unknown key(s): {", ".join(sorted(unknown)[:20])}')
+  if misshaped:
+    problems.append(f'{len(misshaped)} mis-shaped: {", ".join(misshaped[:20])}')
+  if missing:
+    problems.append(f'{len(missing)} missing: {", ".join(missing[:20])}')
+  if problems:
+    raise ValueError(f'not a torchvision/timm {arch} state dict: ' + '; '.join(problems))
+  tree = {'params': {}, 'batch_stats': {}}
+  for (collection, path), value in converted.items():
+    tree[collection][path] = value
+  return {c: flax.traverse_util.unflatten_dict(t) for c, t in tree.items()}
+
+
+def save_variables(path: str, variables: dict):
+  flat = {'/'.join((c,) + p): v for c in variables
+          for p, v in flax.traverse_util.flatten_dict(variables[c]).items()}
+  tmp = f'{path}.tmp.npz'
+  np.savez(tmp, **flat)
+  os.replace(tmp, path)
+
+
+def load_variables(path: str) -> dict:
+  with np.load(path, allow_pickle=False) as archive:
+    flat = {tuple(k.split('/')): archive[k] for k in archive.files}
+  return {c: flax.traverse_util.unflatten_dict({p[1:]: v for p, v in flat.items() if p[0] == c})
+          for c in {p[0] for p in flat}}
+
+
+def load_pretrained(variables: dict, path: str) -> dict:
+  """variables with the trunk and both last-stage copies replaced from a converted file."""
+  pretrained = load_variables(path)
+  out = jax.tree.map(lambda x: x, variables)
+  loaded = []
+  for collection in ('params', 'batch_stats'):
+    source = pretrained.get(collection, {})
+    for name, target in (('trunk', 'trunk'), ('last_stage', 'global_stage'),
+                         ('last_stage', 'local_stage')):
+      if name in source and target in out[collection]:
+        want = jax.tree.map(np.shape, out[collection][target])
+        have = jax.tree.map(np.shape, source[name])
+        if want != have:
+          raise ValueError(f'{path}: {name} does not fit the network\'s {target} '
+                           f'(another backbone?)')
+        out[collection][target] = jax.tree.map(np.asarray, source[name])
+        loaded.append(f'{collection}/{target}')
+  kept = sorted(set(out['params']) - {'trunk', 'global_stage', 'local_stage'})
+  logging.info('pretrained %s: loaded %s; initialised as usual: %s', path,
+               ', '.join(sorted(set(loaded))), ', '.join(kept))
+  return out
+
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  variables = convert(read_state_dict(FLAGS.src), FLAGS.arch)
+  save_variables(FLAGS.out, variables)
+  count = sum(v.size for v in jax.tree.leaves(variables['params']))
+  print(f'{FLAGS.out}: {FLAGS.arch} trunk + last stage, {count:,} parameters')
+
+
+def run():
+  flags.DEFINE_string('src', None, 'torchvision/timm state dict (.pth, .safetensors, .npz).')
+  flags.DEFINE_enum('arch', None, ['resnet18', 'resnet34', 'resnet50'], 'Architecture.')
+  flags.DEFINE_string('out', None, 'Output .npz of Flax variables.')
+  flags.mark_flags_as_required(['src', 'arch', 'out'])
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,262 @@
+"""Train-step and encoding throughput: the jitted JAX step against the same network in
+PyTorch eager, same config, same machine, alternated in one run.
+
+    python benchmarks/train_throughput.py [--configs=small,r50_112,r50_224] [--steps=3]
+
+The PyTorch network is written here in the reference group's layout: a torchvision-style
+ResNet trunk (stem + stages 1–3), two copies of stage 4 (global and local path), the
+attention branch and W (no image decoders: ``use_image_decoder=False`` on both sides),
+with hash + quant + dec + rec losses and SGD with momentum and weight decay. Needs the
+torch CPU wheel (``pip install torch``); it is a benchmark-only dependency.
+
+Each side first runs one untimed step (JAX compiles there); then the sides alternate,
+``--steps`` timed steps at a time, ``--rounds`` times; the medians are compared. On a
+GPU the same script also prints the JAX step's model FLOP utilisation (XLA's FLOP count
+of the compiled step over the device's peak, ``--peak_tflops``).
+"""
+
+import functools
+import os
+import platform
+import statistics
+import sys
+import time
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from aah_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from aah_jax.models import create_model  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import cub200, default  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list('configs', ['small', 'r50_112', 'r50_224'], 'Settings to measure.')
+flags.DEFINE_integer('steps', 2, 'Timed steps per round.')
+flags.DEFINE_integer('rounds', 2, 'Alternating rounds.')
+flags.DEFINE_integer('batch', 16, 'Batch size.')
+flags.DEFINE_float('peak_tflops', 0.0, 'Device peak TFLOP/s for the MFU estimate (GPU).')
+
+SETTINGS = {  # name → (backbone, image size, bits)
+    'small': ('small_cnn', 32, 12),
+    'r50_112': ('resnet50', 112, 12),
+    'r50_224': ('resnet50', 224, 12),
+}
+NUM_DB, GAMMA = 2000, 200.0
+
+
+# ----------------------------------------------------------------------------- PyTorch
+
+
+def torch_network(backbone: str, bits: int):
+  """(module, parameters) of the PyTorch A²-Net (no image decoders)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch import nn  # pylint: disable=g-import-not-at-top
+
+  class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1):
+      super().__init__()
+      self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+      self.bn1 = nn.BatchNorm2d(planes)
+      self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+      self.bn2 = nn.BatchNorm2d(planes)
+      self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+      self.bn3 = nn.BatchNorm2d(planes * 4)
+      self.downsample = None
+      if stride != 1 or inplanes != planes * 4:
+        self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False),
+                                        nn.BatchNorm2d(planes * 4))
+
+    def forward(self, x):
+      out = torch.relu(self.bn1(self.conv1(x)))
+      out = torch.relu(self.bn2(self.conv2(out)))
+      out = self.bn3(self.conv3(out))
+      return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+  class Basic(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1):
+      super().__init__()
+      self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+      self.bn1 = nn.BatchNorm2d(planes)
+      self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+      self.bn2 = nn.BatchNorm2d(planes)
+      self.downsample = None
+      if stride != 1 or inplanes != planes:
+        self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False),
+                                        nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+      out = torch.relu(self.bn1(self.conv1(x)))
+      out = self.bn2(self.conv2(out))
+      return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+  if backbone == 'resnet50':
+    block, sizes, widths, stem_width, stem_stride = Bottleneck, (3, 4, 6, 3), (64, 128, 256, 512), 64, 2
+  else:  # small_cnn: a narrow ResNet-10 with a stride-1 stem, as aah_jax's
+    block, sizes, widths, stem_width, stem_stride = Basic, (1, 1, 1, 1), (16, 32, 64, 128), 16, 1
+
+  def stage(inplanes, planes, blocks, stride):
+    layers = [block(inplanes, planes, stride)]
+    layers += [block(planes * block.expansion, planes) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+  class A2Net(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      stem = [nn.Conv2d(3, stem_width, 7 if stem_stride == 2 else 3, stem_stride,
+                        3 if stem_stride == 2 else 1, bias=False),
+              nn.BatchNorm2d(stem_width), nn.ReLU()]
+      if stem_stride == 2:
+        stem.append(nn.MaxPool2d(3, 2, 1))
+      channels, trunk = stem_width, []
+      for i in range(3):
+        trunk.append(stage(channels, widths[i], sizes[i], 1 if i == 0 else 2))
+        channels = widths[i] * block.expansion
+      self.trunk = nn.Sequential(*stem, *trunk)
+      self.global_stage = stage(channels, widths[3], sizes[3], 2)
+      self.local_stage = stage(channels, widths[3], sizes[3], 2)
+      attention, c = [], channels
+      for i in range(3):
+        attention += [Bottleneck(c, c // 4), nn.Conv2d(c, c // 4 if i < 2 else bits, 1, bias=False),
+                      nn.BatchNorm2d(c // 4 if i < 2 else bits)]
+        c //= 4
+      self.attention = nn.Sequential(*attention, nn.ReLU())
+      feature = widths[3] * block.expansion
+      self.W = nn.Parameter(torch.randn(bits, (bits + 1) * feature) * 0.01)
+
+    def forward(self, x):
+      t = self.trunk(x)
+      g = self.global_stage(t).mean(dim=(2, 3))
+      a = self.attention(t)
+      n, m = a.shape[:2]
+      parts = (t[:, None] * a[:, :, None]).flatten(0, 1)
+      local = self.local_stage(parts).mean(dim=(2, 3)).reshape(n, -1)
+      v = torch.cat([local, g], dim=1)
+      u = torch.tanh(v @ self.W.t())
+      return u, v, u @ self.W
+
+  net = A2Net()
+  return net, list(net.parameters())
+
+
+def torch_step_fn(backbone: str, bits: int, batch: int, size: int):
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  net, params = torch_network(backbone, bits)
+  net.train()
+  optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=1e-4)
+  images = torch.randn(batch, 3, size, size)
+  B = torch.sign(torch.randn(NUM_DB, bits))
+  S = torch.where(torch.rand(batch, NUM_DB) < 0.05, 1.0, -1.0)
+  omega = torch.randint(0, NUM_DB, (batch,))
+  scale = 12.0 / bits / (batch * NUM_DB)
+
+  def step():
+    u, v, v_hat = net(images)
+    hash_term = ((bits * S - u @ B.t()) ** 2).sum() * scale
+    quant = GAMMA * ((u - B[omega]) ** 2).sum() * scale
+    gram = u.t() @ u - batch * torch.eye(bits)
+    loss = hash_term + quant + (gram ** 2).mean() / batch / bits + ((v_hat - v) ** 2).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float(loss)
+
+  @torch.no_grad()
+  def encode():
+    net.eval()
+    u = net(images)[0]
+    net.train()
+    return float(u.sum())
+
+  return step, encode
+
+
+# ----------------------------------------------------------------------------- JAX
+
+
+def jax_step_fn(backbone: str, bits: int, batch: int, size: int):
+  config = cub200.get_config() if backbone == 'resnet50' else default.get_config()
+  config.bits = bits
+  config.model.backbone = backbone
+  config.model.use_image_decoder = False
+  model = create_model(config.model)
+  schedule = train.Schedule(40, 100, 1e-4, 0.9, 0.1)
+  tx = train.make_optimizer(config.optim, schedule)
+  db_labels = np.arange(NUM_DB) % 20
+  state = jax.jit(functools.partial(train.init_state, model=model, tx=tx, image_size=size,
+                                    db_labels=db_labels, num_samples=batch))(jax.random.key(0))
+  rng = np.random.default_rng(0)
+  batch_data = {'image': jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32),
+                'label': jnp.asarray(db_labels[:batch]), 'index': jnp.arange(batch, dtype=jnp.int32),
+                'position': jnp.arange(batch, dtype=jnp.int32)}
+  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, schedule=schedule,
+                                   weights=train.loss_weights(config), gamma=config.loss.gamma),
+                 donate_argnums=0)
+  encoder = jax.jit(lambda variables, images: model.apply(variables, images, train=False))
+  holder = {'state': state}
+  flops = None
+  if FLAGS.peak_tflops:
+    cost = step.lower(state, batch_data).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = cost.get('flops')
+
+  def run_step():
+    holder['state'], metrics = step(holder['state'], batch_data)
+    return float(metrics['loss'])
+
+  def run_encode():
+    s = holder['state']
+    return float(encoder({'params': s.params, 'batch_stats': s.batch_stats},
+                         batch_data['image']).sum())
+
+  return run_step, run_encode, flops
+
+
+def timed(fn, steps: int) -> float:
+  start = time.perf_counter()
+  for _ in range(steps):
+    fn()
+  return (time.perf_counter() - start) / steps
+
+
+def main(argv):
+  del argv
+  import torch  # pylint: disable=g-import-not-at-top
+  print(f'{platform.platform()}, {os.cpu_count()} CPUs; jax {jax.__version__} '
+        f'({jax.devices()[0].platform}), torch {torch.__version__} ({torch.get_num_threads()} '
+        f'threads); batch {FLAGS.batch}, k = M = 12, no image decoders')
+  print('| setting | JAX step | PyTorch step | step ratio | JAX encode | PyTorch encode | '
+        'encode ratio |')
+  print('| --- | --- | --- | --- | --- | --- | --- |')
+  for name in FLAGS.configs:
+    backbone, size, bits = SETTINGS[name]
+    j_step, j_encode, flops = jax_step_fn(backbone, bits, FLAGS.batch, size)
+    t_step, t_encode = torch_step_fn(backbone, bits, FLAGS.batch, size)
+    for fn in (j_step, j_encode, t_step, t_encode):
+      fn()  # warm-up (JAX compiles here)
+    times = {key: [] for key in ('j_step', 't_step', 'j_encode', 't_encode')}
+    for _ in range(FLAGS.rounds):
+      times['j_step'].append(timed(j_step, FLAGS.steps))
+      times['t_step'].append(timed(t_step, FLAGS.steps))
+      times['j_encode'].append(timed(j_encode, FLAGS.steps))
+      times['t_encode'].append(timed(t_encode, FLAGS.steps))
+    m = {key: statistics.median(v) for key, v in times.items()}
+    rate = lambda seconds: f'{FLAGS.batch / seconds:.1f} img/s ({seconds:.2f} s)'
+    print(f'| {name} ({backbone}, {size} px) | {rate(m["j_step"])} | {rate(m["t_step"])} | '
+          f'{m["t_step"] / m["j_step"]:.2f}× | {rate(m["j_encode"])} | {rate(m["t_encode"])} | '
+          f'{m["t_encode"] / m["j_encode"]:.2f}× |', flush=True)
+    if flops and FLAGS.peak_tflops:
+      print(f'  MFU of the JAX step: {flops / m["j_step"] / (FLAGS.peak_tflops * 1e12):.1%} '
+            f'({flops / 1e9:.0f} GFLOP per step)')
+
+
+if __name__ == '__main__':
+  app.run(main)

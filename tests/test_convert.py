@@ -1,0 +1,171 @@
+"""torchvision-layout ResNets (defined here, random weights) converted to aah_jax: the same
+stage-3, stage-4 and pooled features in eval mode, through every file format."""
+
+import jax
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from aah_jax import convert
+from aah_jax.models import A2NetPlusPlus, init_variables
+
+
+class _Basic(nn.Module):
+  expansion = 1
+
+  def __init__(self, inplanes, planes, stride=1, downsample=None):
+    super().__init__()
+    self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(planes)
+    self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(planes)
+    self.downsample = downsample
+
+  def forward(self, x):
+    out = torch.relu(self.bn1(self.conv1(x)))
+    out = self.bn2(self.conv2(out))
+    return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class _Bottleneck(nn.Module):
+  expansion = 4
+
+  def __init__(self, inplanes, planes, stride=1, downsample=None):
+    super().__init__()
+    self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(planes)
+    self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)  # v1.5: stride here
+    self.bn2 = nn.BatchNorm2d(planes)
+    self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+    self.bn3 = nn.BatchNorm2d(planes * 4)
+    self.downsample = downsample
+
+  def forward(self, x):
+    out = torch.relu(self.bn1(self.conv1(x)))
+    out = torch.relu(self.bn2(self.conv2(out)))
+    out = self.bn3(self.conv3(out))
+    return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class _TorchvisionResNet(nn.Module):
+  """torchvision.models.resnet.ResNet's modules and key names."""
+
+  def __init__(self, block, layers):
+    super().__init__()
+    self.inplanes = 64
+    self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+    self.bn1 = nn.BatchNorm2d(64)
+    self.relu = nn.ReLU(inplace=True)
+    self.maxpool = nn.MaxPool2d(3, 2, 1)
+    self.layer1 = self._make_layer(block, 64, layers[0])
+    self.layer2 = self._make_layer(block, 128, layers[1], 2)
+    self.layer3 = self._make_layer(block, 256, layers[2], 2)
+    self.layer4 = self._make_layer(block, 512, layers[3], 2)
+    self.fc = nn.Linear(512 * block.expansion, 1000)
+
+  def _make_layer(self, block, planes, blocks, stride=1):
+    downsample = None
+    if stride != 1 or self.inplanes != planes * block.expansion:
+      downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride,
+                                           bias=False), nn.BatchNorm2d(planes * block.expansion))
+    layers = [block(self.inplanes, planes, stride, downsample)]
+    self.inplanes = planes * block.expansion
+    layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+    return nn.Sequential(*layers)
+
+  def features(self, x):
+    x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+    t = self.layer3(self.layer2(self.layer1(x)))
+    s = self.layer4(t)
+    return t, s, s.mean(dim=(2, 3))
+
+
+ARCHS = {'resnet18': (_Basic, (2, 2, 2, 2)), 'resnet50': (_Bottleneck, (3, 4, 6, 3))}
+
+
+def _randomised(arch):
+  torch.manual_seed(0)
+  net = _TorchvisionResNet(*ARCHS[arch])
+  with torch.no_grad():  # non-trivial BN statistics and affine parameters
+    for module in net.modules():
+      if isinstance(module, nn.BatchNorm2d):
+        module.running_mean.uniform_(-0.2, 0.2)
+        module.running_var.uniform_(0.5, 1.5)
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.uniform_(-0.2, 0.2)
+  return net.eval()
+
+
+def _save(state_dict, path, fmt):
+  arrays = {k: v.numpy() for k, v in state_dict.items()}
+  if fmt == 'pth':
+    torch.save(state_dict, path)
+  elif fmt == 'safetensors':
+    from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path))
+  else:
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize('arch', ['resnet18', 'resnet50'])
+def test_converted_weights_give_torchvision_features(tmp_path, arch):
+  net = _randomised(arch)
+  images = torch.randn(2, 3, 96, 96)
+  with torch.no_grad():
+    t_ref, s_ref, pooled_ref = (x.numpy() for x in net.features(images))
+  t_ref, s_ref = t_ref.transpose(0, 2, 3, 1), s_ref.transpose(0, 2, 3, 1)  # NCHW → NHWC
+  model = A2NetPlusPlus(backbone=arch, bits=12, use_image_decoder=False)
+  base = jax.device_get(init_variables(model, jax.random.key(0), 96))
+  for fmt in ('pth', 'safetensors', 'npz'):
+    source = tmp_path / f'{arch}.{fmt}'
+    _save(net.state_dict(), source, fmt)
+    out = tmp_path / f'{arch}_{fmt}_flax.npz'
+    convert.save_variables(str(out), convert.convert(convert.read_state_dict(str(source)), arch))
+    variables = convert.load_pretrained(base, str(out))
+    _, state = model.apply(variables, images.numpy().transpose(0, 2, 3, 1), train=False,
+                           mutable=['intermediates'])
+    inter = {k: np.asarray(v[0]) for k, v in state['intermediates'].items()}
+    for name, got, want in (('stage 3', inter['trunk_features'], t_ref),
+                            ('stage 4', inter['global_stage_features'], s_ref),
+                            ('pooled', inter['global_feature'], pooled_ref)):
+      scale = np.abs(want).max()
+      assert np.abs(got - want).max() <= 1e-4 * max(scale, 1.0), (fmt, name)
+    for path in ('global_stage', 'local_stage'):  # the last stage initialises both paths
+      np.testing.assert_array_equal(variables['params'][path]['block0']['conv1']['kernel'],
+                                    net.layer4[0].conv1.weight.detach().numpy().transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(variables['params']['attribute_codec']['W'],
+                                  base['params']['attribute_codec']['W'])  # untouched
+
+
+def test_bad_state_dicts_are_listed():
+  state = {k: v.numpy() for k, v in _randomised('resnet18').state_dict().items()}
+  state['layer9.0.conv1.weight'] = state.pop('layer1.0.conv1.weight')
+  state['bn1.weight'] = np.ones(3, np.float32)
+  with pytest.raises(ValueError) as error:
+    convert.convert(state, 'resnet18')
+  message = str(error.value)
+  assert 'unknown key(s): layer9.0.conv1.weight' in message
+  assert 'mis-shaped: bn1.weight (3,)' in message
+  assert 'missing: params:trunk/bn1/scale, params:trunk/layer1/block0/conv1/kernel' in message
+
+
+def test_config_model_pretrained_starts_the_run_from_the_file(tmp_path):
+  from aah_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  net = _randomised('resnet18')
+  converted = tmp_path / 'resnet18.npz'
+  convert.save_variables(str(converted), convert.convert(
+      {k: v.numpy() for k, v in net.state_dict().items()}, 'resnet18'))
+  config = tiny.get_config()
+  config.model.backbone = 'resnet18'
+  config.model.num_attention_maps = 2
+  config.model.use_image_decoder = False
+  config.model.pretrained = str(converted)
+  config.data.data_dir = str(tmp_path / 'data')
+  state = run_lib.prepare(config).init_state()
+  want = net.layer4[1].conv2.weight.detach().numpy().transpose(2, 3, 1, 0)
+  for path in ('global_stage', 'local_stage'):
+    np.testing.assert_array_equal(np.asarray(state.params[path]['block1']['conv2']['kernel']), want)
+  np.testing.assert_array_equal(np.asarray(state.batch_stats['trunk']['bn1']['var']),
+                                net.bn1.running_var.numpy())
