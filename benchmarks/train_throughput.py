@@ -167,7 +167,7 @@ def torch_step_fn(backbone: str, bits: int, batch: int, size: int):
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    return float(loss)
+    return loss.item()
 
   @torch.no_grad()
   def encode():
