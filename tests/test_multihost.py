@@ -4,9 +4,11 @@ devices: the same run, through the real entry point."""
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -84,3 +86,28 @@ def test_two_processes_equal_one_process_with_as_many_devices(tmp_path):
       np.testing.assert_allclose(state_two[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
   agree = np.mean(np.sign(state_two["['B']"]) == np.sign(state_one["['B']"]))
   assert agree >= 0.99, agree
+
+
+def test_sigterm_on_one_host_stops_both_at_the_same_step(tmp_path):
+  """The preemption notice reaches one process; JAX's preemption sync point makes both save
+  the same step and exit 0."""
+  data_dir = tmp_path / 'data'
+  datasets.load_builder('synthetic_birds', 'tiny', str(data_dir))
+  port = _free_port()
+  workdir = tmp_path / 'two'
+  pair = [_start(workdir, data_dir, 4, '--distributed', f'--coordinator_address=127.0.0.1:{port}',
+                 '--num_processes=2', f'--process_id={i}', '--config.train.num_iterations=10',
+                 '--config.train.num_samples=480', '--config.train.epochs=3')
+          for i in range(2)]
+  deadline = time.time() + 300
+  while max([r['step'] for r in run_log.read_metrics(workdir, 'step')], default=0) < 30:
+    assert all(p.poll() is None for p in pair) and time.time() < deadline
+    time.sleep(0.05)
+  pair[1].send_signal(signal.SIGTERM)
+  outputs = [_finish(p) for p in pair]
+  assert all('preempted: saved the checkpoint of step' in out for out in outputs)
+  steps = {int(out.split('checkpoint of step ')[1].split()[0]) for out in outputs}
+  assert len(steps) == 1
+  step = steps.pop()
+  assert step >= 30 and (workdir / 'checkpoints' / str(step)).is_dir()
+  assert not (workdir / 'results.json').exists()
