@@ -48,8 +48,9 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def flat_config(tree: Any, prefix: str = '') -> dict:
-  """A config dict as {'dotted.field': value} (tuples as lists, as JSON keeps them)."""
-  if isinstance(tree, dict):
+  """A config dict as {'dotted.field': value} (tuples as lists, as JSON keeps them; an
+  empty dict is a value of its own)."""
+  if isinstance(tree, dict) and tree:
     out = {}
     for key, value in tree.items():
       out.update(flat_config(value, f'{prefix}{key}.'))
