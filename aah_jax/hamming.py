@@ -32,13 +32,19 @@ def _popcount(typingctx, x):  # pylint: disable=unused-argument
 
 
 @numba.njit(**_JIT)
-def _query_distances(query, db_words, out):
-  """out[j] = Hamming distance between one query (W,) and database item j (out: uint32)."""
+def _word_distances(query, db_words, out, num_words):
+  """out[j] = Hamming distance over the first num_words words (out: uint32)."""
   out[:] = 0
-  for w in range(db_words.shape[0]):
+  for w in range(num_words):
     q, row = query[w], db_words[w]
     for j in range(row.shape[0]):
       out[j] += np.uint32(_popcount(q ^ row[j]))
+
+
+@numba.njit(**_JIT)
+def _query_distances(query, db_words, out):
+  """out[j] = Hamming distance between one query (W,) and database item j (out: uint32)."""
+  _word_distances(query, db_words, out, db_words.shape[0])
 
 
 @numba.njit(**_JIT)
@@ -56,11 +62,7 @@ def _query_keys(query, db_words, query_label, db_labels, multi_label, out):
     return
   # One class id each: the last word's pass also forms the key (one pass for ≤ 64 bits).
   last = db_words.shape[0] - 1
-  out[:] = 0
-  for w in range(last):
-    q, row = query[w], db_words[w]
-    for j in range(row.shape[0]):
-      out[j] += np.uint32(_popcount(q ^ row[j]))
+  _word_distances(query, db_words, out, last)
   q, row, mine, labels = query[last], db_words[last], query_label[0], db_labels[0]
   for j in range(row.shape[0]):
     out[j] = np.uint32(2) * (out[j] + np.uint32(_popcount(q ^ row[j]))) + np.uint32(labels[j] == mine)

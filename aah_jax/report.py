@@ -12,7 +12,6 @@ and writes (process 0), into a temporary folder that replaces report/ when compl
 import dataclasses
 import html
 import os
-import shutil
 from typing import Optional
 
 import matplotlib
@@ -21,7 +20,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from aah_jax import evaluation, gallery, input_pipeline, retrieval, run_log  # pylint: disable=wrong-import-position
+from aah_jax import evaluation, files, gallery, input_pipeline, retrieval, run_log  # pylint: disable=wrong-import-position
 from aah_jax.codes import hash_codes  # pylint: disable=wrong-import-position
 from aah_jax.mesh import to_host  # pylint: disable=wrong-import-position
 
@@ -30,6 +29,8 @@ GALLERY_QUERIES = 8
 GALLERY_K = 10
 ATTENTION_IMAGES = 6
 ATTENTION_MAPS = 6
+TOPK = 100  # mAP@k of the report's table
+PRECISION_KS = (1, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
 @dataclasses.dataclass
@@ -51,24 +52,27 @@ def _db_image(source, row: int) -> np.ndarray:
 
 
 def collect(run, variables: dict, B: Optional[np.ndarray], workdir: str, *, title: str,
-            query_u: Optional[np.ndarray] = None, db_u: Optional[np.ndarray] = None) -> ReportData:
+            query_u: Optional[np.ndarray] = None, db_u: Optional[np.ndarray] = None,
+            curves: Optional[dict] = None) -> ReportData:
   """Computes the report's contents (all processes); encodes the splits unless given.
 
   B: the learned database codes, or None where the database is not the one they were
-  learned for (the gallery and bit figures then use the encoded database)."""
+  learned for (the gallery and bit figures then use the encoded database). curves:
+  ``evaluation.detailed_metrics`` per database name ('learned B', 'encoded database',
+  'random codes') where the caller has them already; computed otherwise."""
   query_u = run.encode(variables, run.query_source) if query_u is None else query_u
   db_u = run.encode(variables, run.db_source) if db_u is None else db_u
   query_codes, db_codes = np.asarray(hash_codes(query_u)), np.asarray(hash_codes(db_u))
-  rng = np.random.default_rng(run.config.seed)
-  random_query = rng.choice([-1, 1], query_codes.shape)
-  random_db = rng.choice([-1, 1], db_codes.shape)
-  databases = [('encoded database', query_codes, db_codes), ('random codes', random_query, random_db)]
-  if B is not None:
-    databases.insert(0, ('learned B', query_codes, B))
-  ks = [1, 5, 10, 20, 50, 100, 200, 500, 1000]
-  curves = {name: evaluation.detailed_metrics(q, db, run.query_labels, run.db_labels, topk=100,
-                                              ks=ks)
-            for name, q, db in databases}
+  if curves is None:
+    random_query, random_db = evaluation.random_codes(run.config.seed, len(query_codes),
+                                                      len(db_codes), db_codes.shape[1])
+    databases = [('encoded database', query_codes, db_codes),
+                 ('random codes', random_query, random_db)]
+    if B is not None:
+      databases.insert(0, ('learned B', query_codes, B))
+    curves = {name: evaluation.detailed_metrics(q, db, run.query_labels, run.db_labels,
+                                                topk=TOPK, ks=PRECISION_KS)
+              for name, q, db in databases}
   B = db_codes if B is None else np.asarray(B)
 
   queries = np.linspace(0, len(query_codes) - 1, GALLERY_QUERIES).astype(int)
@@ -183,22 +187,21 @@ def _attention_figure(data: ReportData, folder: str):
 def _html(data: ReportData, figures: list[tuple[str, str]]) -> str:
   rows = ''.join(f'<h2>{html.escape(caption)}</h2><img src="{name}" alt="{html.escape(caption)}">\n'
                  for name, caption in figures)
+  topk = next(key for key in next(iter(data.curves.values())) if key.startswith('map@'))
   numbers = ''.join(
-      f'<tr><td>{html.escape(name)}</td><td>{c["map"]:.4f}</td><td>{c["map@100"]:.4f}</td>'
+      f'<tr><td>{html.escape(name)}</td><td>{c["map"]:.4f}</td><td>{c[topk]:.4f}</td>'
       f'<td>{c["precision_within_radius_2"]:.4f}</td></tr>' for name, c in data.curves.items())
   return (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(data.title)}'
           f'</title><style>body{{font-family:sans-serif;margin:2em}}img{{max-width:100%}}'
           f'td,th{{padding:0 1em}}</style></head><body><h1>{html.escape(data.title)}</h1>'
-          f'<table><tr><th>database</th><th>mAP@all</th><th>mAP@100</th>'
+          f'<table><tr><th>database</th><th>mAP@all</th><th>{html.escape(topk.replace("map", "mAP"))}</th>'
           f'<th>precision, radius 2</th></tr>{numbers}</table>\n{rows}</body></html>\n')
 
 
 def write(data: ReportData, workdir: str) -> str:
   """Draws every figure into WORKDIR/report (replaced only once all are written)."""
   final = os.path.join(workdir, REPORT_DIR)
-  tmp = f'{final}.tmp'
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
+  tmp = files.staging_folder(final)
   figures = [(_loss_figure(data, tmp), 'Loss terms per step'),
              (_map_figure(data, tmp), 'mAP per outer iteration')]
   pr_name, pk_name = _curve_figures(data, tmp)
@@ -213,9 +216,5 @@ def write(data: ReportData, workdir: str) -> str:
     figures.append((attention, 'Attention maps over query images'))
   with open(os.path.join(tmp, 'index.html'), 'w') as f:
     f.write(_html(data, figures))
-  old = f'{final}.old'
-  if os.path.exists(final):
-    os.replace(final, old)
-  os.replace(tmp, final)
-  shutil.rmtree(old, ignore_errors=True)
+  files.publish_folder(tmp, final)
   return final

@@ -12,7 +12,6 @@ uninterrupted run computes from there.
 
 import dataclasses
 import functools
-import json
 import os
 import time
 
@@ -23,7 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from aah_jax import adsh, checkpoint, convert, datasets, evaluation, input_pipeline
+from aah_jax import adsh, checkpoint, convert, datasets, evaluation, files, input_pipeline
 from aah_jax import mesh as mesh_lib
 from aah_jax import preemption, report, run_log, train
 from aah_jax.mesh import to_host
@@ -204,14 +203,6 @@ def _progress_line(record: dict, num_iterations: int, eta: float) -> str:
           f'({record["seconds"]:.1f}s, eta {eta:.0f}s)')
 
 
-def write_json(path: str, payload: dict):
-  """Write atomically: a reader sees the old file or the whole new one."""
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(payload, f, indent=2)
-  os.replace(tmp, path)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or continues training) on config.dataset, evaluates, writes
   workdir/results.json and returns it.
@@ -359,7 +350,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   }
   if is_main:
     os.makedirs(workdir, exist_ok=True)
-    write_json(os.path.join(workdir, RESULTS_FILE), results)
+    files.write_json(os.path.join(workdir, RESULTS_FILE), results)
   if config.log.report:
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
     data = report.collect(run, variables, to_host(state.B), workdir, query_u=final_u[0],

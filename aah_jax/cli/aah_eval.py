@@ -17,7 +17,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from aah_jax import evaluation, report, run as run_lib
+from aah_jax import evaluation, files, report
 from aah_jax.cli import common
 from aah_jax.codes import hash_codes
 
@@ -33,9 +33,8 @@ def evaluate_run(restored: common.RestoredRun, topk: int, ks, query_u, db_u) -> 
   run = restored.run
   query_codes, db_codes = np.asarray(hash_codes(query_u)), np.asarray(hash_codes(db_u))
   config = run.config
-  rng = np.random.default_rng(config.seed)  # the random codes of the training evaluation
-  random_query, random_db = (rng.choice([-1, 1], query_codes.shape),
-                             rng.choice([-1, 1], (run.num_database, int(config.bits))))
+  random_query, random_db = evaluation.random_codes(config.seed, len(query_codes),
+                                                    run.num_database, int(config.bits))
   metrics = lambda q, db: evaluation.detailed_metrics(q, db, run.query_labels, run.db_labels,
                                                       topk=topk, ks=ks)
   report = {
@@ -60,13 +59,16 @@ def main(argv):
   db_u = run.encode(restored.variables, run.db_source)
   numbers = evaluate_run(restored, FLAGS.topk, [int(k) for k in FLAGS.precision_ks], query_u,
                          db_u)
+  curves = {name: numbers[key] for key, name in (('learned_db', 'learned B'),
+                                                 ('encoded_db', 'encoded database'),
+                                                 ('random', 'random codes')) if key in numbers}
   data = report.collect(run, restored.variables,
                         restored.B if restored.same_database() else None, FLAGS.workdir,
-                        query_u=query_u, db_u=db_u,
+                        query_u=query_u, db_u=db_u, curves=curves,
                         title=f'{run.config.dataset}, {run.config.bits} bits: aah-eval of step '
                               f'{restored.step} of {os.path.abspath(FLAGS.workdir)}')
   if jax.process_index() == 0:
-    run_lib.write_json(os.path.join(FLAGS.workdir, EVAL_FILE), numbers)
+    files.write_json(os.path.join(FLAGS.workdir, EVAL_FILE), numbers)
     report.write(data, FLAGS.workdir)
     for name in ('learned_db', 'encoded_db', 'random'):
       if name in numbers:

@@ -13,7 +13,6 @@ On a dataset without attribute annotations it writes the pictures and says so.
 """
 
 import os
-import shutil
 
 from absl import app, flags
 import jax
@@ -22,7 +21,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from aah_jax import datasets, evaluation, explain, input_pipeline, run as run_lib  # pylint: disable=wrong-import-position
+from aah_jax import datasets, evaluation, explain, files, input_pipeline  # pylint: disable=wrong-import-position
 from aah_jax.cli import common  # pylint: disable=wrong-import-position
 from aah_jax.mesh import to_host  # pylint: disable=wrong-import-position
 
@@ -146,15 +145,12 @@ def main(argv):
   if jax.process_index() != 0:
     return
   final = os.path.join(FLAGS.workdir, EXPLAIN_DIR)
-  tmp = f'{final}.tmp'
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
+  tmp = files.staging_folder(final)
   if aligned is not None:
     alignment_figure(aligned, report['attribute_values'], os.path.join(tmp, 'alignment.png'))
   bit_figures(run, restored.variables, source, u, tmp, FLAGS.images_per_side)
-  run_lib.write_json(os.path.join(tmp, 'explain.json'), report)
-  shutil.rmtree(final, ignore_errors=True)
-  os.replace(tmp, final)
+  files.write_json(os.path.join(tmp, 'explain.json'), report)
+  files.publish_folder(tmp, final)
   if aligned is None:
     print(report['note'])
   else:
