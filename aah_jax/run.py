@@ -24,7 +24,7 @@ import optax
 
 from aah_jax import adsh, checkpoint, convert, datasets, evaluation, files, input_pipeline
 from aah_jax import mesh as mesh_lib
-from aah_jax import preemption, report, run_log, train
+from aah_jax import preemption, pretrained, report, run_log, train
 from aah_jax.mesh import to_host
 from aah_jax.models import A2NetPlusPlus, create_model
 
@@ -79,12 +79,12 @@ class Run:
 
   def init_state(self) -> train.TrainState:
     """The initial state; with config.model.pretrained, the trunk and both last-stage
-    copies start from that converted file (aah-convert)."""
+    copies start from that converted file (aah-convert) or named weights (aah_jax.pretrained)."""
     replicated = mesh_lib.replicated(self.mesh)
     state = jax.jit(self._init, out_shardings=replicated)(jax.random.key(self.config.seed))
-    path = self.config.model.get('pretrained')
-    if not path:
+    if not self.config.model.get('pretrained'):
       return state
+    path = pretrained.resolve(self.config.model.pretrained)
     variables = convert.load_pretrained(
         jax.tree.map(to_host, {'params': state.params, 'batch_stats': state.batch_stats}), path)
     variables = jax.device_put(variables, replicated)
@@ -131,6 +131,7 @@ def prepare(config: ml_collections.ConfigDict) -> Run:
   num_devices = jax.device_count()
   train.validate_config(config, num_devices)
   datasets.dataset_entry(config.dataset)  # an unknown dataset fails here
+  pretrained.check(config.model.get('pretrained'))
   model = create_model(config.model)
   if config.train.per_device_batch_norm:
     model = model.clone(bn_groups=num_devices)

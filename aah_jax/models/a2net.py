@@ -10,9 +10,9 @@ import jax.numpy as jnp
 
 from aah_jax.models.attention import AttentionBranch
 from aah_jax.models.attributes import AttributeCodec
+from aah_jax.models.backbones import backbone_spec
 from aah_jax.models.image_decoder import ImageDecoder
 from aah_jax.models.norm import BatchNorm
-from aah_jax.models.resnet import ResNetTrunk, backbone_spec, last_stage
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -60,7 +60,7 @@ class A2NetPlusPlus(nn.Module):
   """image (n, S, S, 3), mean/std normalised → u (eval) or A2NetOutput (train).
 
   Attributes:
-    backbone: a name in ``aah_jax.models.resnet.BACKBONES``.
+    backbone: a name in ``aah_jax.models.BACKBONES`` (ResNets, EfficientNet-Lite0).
     bits: k, the code length.
     num_attention_maps: M (OPEN in the spec; None means M = k).
     use_attention: False keeps the global feature only (v = g; ADSH with a ResNet).
@@ -100,8 +100,8 @@ class A2NetPlusPlus(nn.Module):
     spec = backbone_spec(self.backbone)
     norm = functools.partial(BatchNorm, use_running_average=not train,
                              num_groups=self.bn_groups, dtype=self.dtype)
-    t = ResNetTrunk(spec, norm, dtype=self.dtype, name='trunk')(images.astype(self.dtype))
-    s = last_stage(spec, norm, self.dtype, name='global_stage')(t)
+    t = spec.trunk(norm, self.dtype, name='trunk')(images.astype(self.dtype))
+    s = spec.last_stage(norm, self.dtype, name='global_stage')(t)
     g = global_average_pool(s)
     self.sow('intermediates', 'trunk_features', t)
     self.sow('intermediates', 'global_stage_features', s)
@@ -109,8 +109,8 @@ class A2NetPlusPlus(nn.Module):
     if self.use_attention:
       a = AttentionBranch(self.num_maps, norm, dtype=self.dtype, name='attention')(t)
       self.sow('intermediates', 'attention_maps', a)
-      local_stage = last_stage(spec, norm, self.dtype, name='local_stage',
-                               remat=self.remat_local_stage)
+      local_stage = spec.last_stage(norm, self.dtype, name='local_stage',
+                                    remat=self.remat_local_stage)
       x = local_features(local_stage, t, a)
       self.sow('intermediates', 'local_features', x)
       v = jnp.concatenate([x, g], axis=-1)

@@ -8,7 +8,7 @@ PyTorch does, so pretrained torchvision weights map 1:1.
 
 import dataclasses
 import functools
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -47,12 +47,17 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-  """1×1 → 3×3 → 1×1 (ResNet-50), stride on the 3×3 convolution (v1.5)."""
+  """1×1 → 3×3 → 1×1 (ResNet-50), stride on the 3×3 convolution (v1.5).
+
+  out_channels: None for planes × 4 (the ResNets); set where a caller needs another
+  width (the attention branch keeps its input width).
+  """
 
   planes: int
   stride: int
   norm: ModuleDef
   dtype: Any = jnp.float32
+  out_channels: Optional[int] = None
   expansion: ClassVar[int] = 4
 
   @nn.compact
@@ -61,9 +66,10 @@ class Bottleneck(nn.Module):
     out = nn.relu(self.norm(name='bn1')(out))
     out = conv(self.planes, 3, self.stride, dtype=self.dtype, name='conv2')(out)
     out = nn.relu(self.norm(name='bn2')(out))
-    out = conv(self.planes * 4, 1, dtype=self.dtype, name='conv3')(out)
+    out_channels = self.out_channels or self.planes * 4
+    out = conv(out_channels, 1, dtype=self.dtype, name='conv3')(out)
     out = self.norm(name='bn3')(out)
-    return nn.relu(out + _shortcut(self, x, self.planes * 4))
+    return nn.relu(out + _shortcut(self, x, out_channels))
 
 
 def _shortcut(block: nn.Module, x, out_channels: int):
@@ -109,9 +115,15 @@ class BackboneSpec:
     """C4, channels of the last stage (2048 for ResNet-50)."""
     return self.widths[-1] * self.block_cls.expansion
 
+  def trunk(self, norm: ModuleDef, dtype: Any, name: str) -> nn.Module:
+    return ResNetTrunk(self, norm, dtype=dtype, name=name)
+
+  def last_stage(self, norm: ModuleDef, dtype: Any, name: str, remat: bool = False) -> nn.Module:
+    return last_stage(self, norm, dtype, name, remat)
+
 
 _RESNET_WIDTHS = (64, 128, 256, 512)
-BACKBONES = {
+RESNETS = {
     'resnet18': BackboneSpec('basic', (2, 2, 2, 2), _RESNET_WIDTHS),
     'resnet34': BackboneSpec('basic', (3, 4, 6, 3), _RESNET_WIDTHS),
     'resnet50': BackboneSpec('bottleneck', (3, 4, 6, 3), _RESNET_WIDTHS),
@@ -120,12 +132,6 @@ BACKBONES = {
     'small_cnn': BackboneSpec('basic', (1, 1, 1, 1), (16, 32, 64, 128), stem='small',
                               stem_width=16),
 }
-
-
-def backbone_spec(name: str) -> BackboneSpec:
-  if name not in BACKBONES:
-    raise ValueError(f'unknown backbone {name!r}; choose one of {sorted(BACKBONES)}')
-  return BACKBONES[name]
 
 
 class ResNetStage(nn.Module):
