@@ -122,7 +122,8 @@ def test_lite0_imagenet_top5_equals_pytorch_reference(state_dict, photos):
                               'efficientnet_lite0', classifier=True)
   model = EfficientNetLite(backbone_spec('efficientnet_lite0'), num_classes=1000)
   images = np.stack([normalize(p) for p in photos])  # what the input pipeline delivers
-  logits, state = model.apply(variables, images, mutable='intermediates', capture_intermediates=True)
+  logits, state = model.apply(variables, images, mutable='intermediates',
+                              capture_intermediates=True)
   logits, ref = np.asarray(logits), logits_ref.numpy()
 
   top5 = np.argsort(-logits, axis=1)[:, :5]
