@@ -131,7 +131,6 @@ def prepare(config: ml_collections.ConfigDict) -> Run:
   num_devices = jax.device_count()
   train.validate_config(config, num_devices)
   datasets.dataset_entry(config.dataset)  # an unknown dataset fails here
-  pretrained.check(config.model.get('pretrained'))
   model = create_model(config.model)
   if config.train.per_device_batch_norm:
     model = model.clone(bn_groups=num_devices)
@@ -215,13 +214,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   is_main = jax.process_index() == 0
   tc, cc = config.train, config.checkpoint
   run = prepare(config)
+  ckpts = checkpoint.RunCheckpoints(workdir, keep=cc.keep, async_save=cc.async_save)
+  if ckpts.latest_step() is None:  # a fresh start needs the pretrained weights (the tools don't)
+    pretrained.check(config.model.get('pretrained'))
   train.validate_num_samples(config, run.num_database)
   schedule, db_labels = run.schedule, run.db_labels
   steps_per_iteration = schedule.steps_per_iteration
   batches_per_epoch = tc.num_samples // tc.batch_size
   total_steps = tc.num_iterations * steps_per_iteration
 
-  ckpts = checkpoint.RunCheckpoints(workdir, keep=cc.keep, async_save=cc.async_save)
   state, progress = restore_or_init(run, ckpts, workdir)
   history = progress['history']
   prior_seconds = progress['wall_time_seconds']

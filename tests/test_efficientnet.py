@@ -208,10 +208,12 @@ def test_depthwise_by_shifts_equals_grouped_convolution(stride, size, kernel):
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-4)
 
 
-def test_a_pretrained_value_that_names_nothing_fails_before_any_compute():
+def test_a_pretrained_value_that_names_nothing_fails_before_any_compute(tmp_path):
   from aah_jax import run as run_lib  # pylint: disable=g-import-not-at-top
   from configs import default_pretrained  # pylint: disable=g-import-not-at-top
   config = default_pretrained.get_config()
   config.model.pretrained = 'efficientnet_lite0_imagenett'
+  config.data.data_dir = str(tmp_path / 'data')
   with pytest.raises(ValueError, match="config.model.pretrained='efficientnet_lite0_imagenett'"):
-    run_lib.prepare(config)
+    run_lib.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'data').exists()  # refused before the dataset was built
