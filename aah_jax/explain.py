@@ -63,15 +63,20 @@ def mutual_information(bits: np.ndarray, indicators: np.ndarray) -> np.ndarray:
 
 def summary(u: np.ndarray, indicators: np.ndarray) -> dict:
   """mean_best_auc, attributes_covered, and how many bits and attribute values counted."""
-  aligned = aligned_auc(u, indicators)
+  return summarize_alignment(aligned_auc(u, indicators))
+
+
+def summarize_alignment(aligned: np.ndarray) -> dict:
+  """``summary`` of an ``aligned_auc`` matrix (k, A) already computed."""
+  num_bits = int(aligned.shape[0])
   defined = ~np.all(np.isnan(aligned), axis=0)
   aligned = aligned[:, defined]
   if aligned.size == 0:
-    return {'mean_best_auc': None, 'attributes_covered': None, 'num_bits': u.shape[1],
+    return {'mean_best_auc': None, 'attributes_covered': None, 'num_bits': num_bits,
             'num_attribute_values': 0}
   return {'mean_best_auc': float(np.mean(aligned.max(axis=1))),
           'attributes_covered': float(np.mean(aligned.max(axis=0) >= COVERED_AUC)),
-          'num_bits': int(u.shape[1]), 'num_attribute_values': int(defined.sum())}
+          'num_bits': num_bits, 'num_attribute_values': int(defined.sum())}
 
 
 def indicators_from_attributes(attributes: np.ndarray, names: list,

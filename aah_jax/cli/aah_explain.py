@@ -49,7 +49,8 @@ def alignment_report(u, attributes, db_u, db_attributes, seed: int) -> dict:
     a = int(np.nanargmax(aligned[j]))
     per_bit.append({'bit': j, 'best_attribute': labels[a], 'auc': float(aligned[j, a]),
                     'mutual_information': float(mi[j, a])})
-  codes, database = explain.summary(u, indicators), explain.summary(db_u, db_indicators)
+  codes = explain.summarize_alignment(aligned)  # the matrix above, not computed again
+  database = explain.summary(db_u, db_indicators)
   random_codes = explain.summary(random_u, indicators)
   return {
       'mean_best_auc': codes['mean_best_auc'],

@@ -89,11 +89,16 @@ def load_builder(name: str, builder_config: Optional[str] = None,
   return builder
 
 
+def _read_field(builder: tfds.core.DatasetBuilder, split: str, field: str) -> np.ndarray:
+  """One feature of every example of a split, in order, stacked, without decoding images."""
+  source = builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
+  return np.stack([np.asarray(example[field]) for example in source])
+
+
 def read_labels(builder: tfds.core.DatasetBuilder, split: str) -> np.ndarray:
   """Every example's label of a split, in order, without decoding images: (N,) class ids
   or (N, L) multi-hot."""
-  source = builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
-  return np.stack([np.asarray(example['label']) for example in source])
+  return _read_field(builder, split, 'label')
 
 
 def read_attributes(builder: tfds.core.DatasetBuilder, split: str):
@@ -102,8 +107,7 @@ def read_attributes(builder: tfds.core.DatasetBuilder, split: str):
   embedded set); it is None for binary annotations (CUB-200-2011's 312)."""
   if 'attributes' not in builder.info.features:
     return None
-  source = builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
-  attributes = np.stack([np.asarray(example['attributes']) for example in source])
+  attributes = _read_field(builder, split, 'attributes')
   metadata = builder.info.metadata or {}
   names = metadata.get('attribute_names') or [f'attribute_{i}' for i in range(attributes.shape[1])]
   return attributes, list(names), metadata.get('attribute_values')
