@@ -1,5 +1,8 @@
 # `make run`: install into .venv and run the main job on the embedded default dataset.
 # `make test`: install into .venv and run the test suite.
+# `make test-repeat`: the equivalence tests (two layouts, processes or implementations of the
+#   same maths, `-m equivalence`) once per XLA flag set below, each of which changes XLA:CPU's
+#   code generation or threading and so the float summation order; all must pass.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 WORKDIR ?= runs/default
@@ -10,7 +13,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
-.PHONY: install run test
+.PHONY: install run test test-repeat
 install: $(VENV)/.installed
 
 run: install
@@ -18,3 +21,13 @@ run: install
 
 test: install
 	$(VENV)/bin/python -m pytest -n 2 --dist loadfile tests
+
+REPEAT_XLA_FLAGS := '' '--xla_cpu_max_isa=AVX2' '--xla_cpu_max_isa=SSE4_2' \
+	'--xla_cpu_multi_thread_eigen=false'
+
+test-repeat: install
+	@for flags in $(REPEAT_XLA_FLAGS); do \
+	  echo "== XLA_FLAGS='$$flags'"; \
+	  XLA_FLAGS="$$flags" $(VENV)/bin/python -m pytest -q -n 2 --dist loadfile -m equivalence tests \
+	    || exit 1; \
+	done

@@ -67,14 +67,15 @@ def dcc_update(B, U, omega, S, gamma):
     gamma: γ.
 
   Returns:
-    (N, k) float32 codes in {−1, +1}. Rows are independent given U, so B, S's
-    columns and the result may be sharded over the database axis.
+    (N, k) codes in {−1, +1}, float32 (float64 when U is). Rows are independent given
+    U, so B, S's columns and the result may be sharded over the database axis.
   """
-  B = B.astype(jnp.float32)
-  U = U.astype(jnp.float32)
+  dtype = jnp.promote_types(U.dtype, jnp.float32)
+  B = B.astype(dtype)
+  U = U.astype(dtype)
   k = U.shape[1]
   u_bar = jnp.zeros_like(B).at[omega].set(U)
-  Q = k * (S.astype(jnp.float32).T @ U) + gamma * u_bar
+  Q = k * (S.astype(dtype).T @ U) + gamma * u_bar
   gram = U.T @ U  # G[l, j] = U[:, l]ᵀ U[:, j]
 
   def sweep_bit(j, B):

@@ -17,6 +17,7 @@ import optax
 
 from aah_jax import adsh, input_pipeline, losses
 from aah_jax.models import A2NetPlusPlus, init_variables
+from aah_jax.models.precision import accumulation_dtype
 
 
 # ----------------------------------------------------------------------------- state
@@ -200,15 +201,17 @@ def validate_num_samples(config, num_database: int):
 
 
 def init_state(rng, model: A2NetPlusPlus, tx, *, image_size: int, db_labels, num_samples: int):
-  """Fresh network, optimiser, B ~ N(0, 1) real-valued, U = 0."""
+  """Fresh network, optimiser, B ~ N(0, 1) real-valued, U = 0 (float32; float64 under the
+  float64 reference mode)."""
   params_rng, codes_rng = jax.random.split(rng)
   variables = init_variables(model, params_rng, image_size)
+  dtype = accumulation_dtype(model.dtype)
   return TrainState(
       step=jnp.int32(0),
       params=variables['params'],
       batch_stats=variables['batch_stats'],
       opt_state=tx.init(variables['params']),
-      B=jax.random.normal(codes_rng, (db_labels.shape[0], model.bits), jnp.float32),
-      U=jnp.zeros((num_samples, model.bits), jnp.float32),
+      B=jax.random.normal(codes_rng, (db_labels.shape[0], model.bits), jnp.float32).astype(dtype),
+      U=jnp.zeros((num_samples, model.bits), dtype),
       db_labels=jnp.asarray(db_labels),
       negative_weight=jnp.float32(1.0))

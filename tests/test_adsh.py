@@ -4,6 +4,12 @@ import numpy as np
 import pytest
 
 from aah_jax import adsh
+from tolerances import EPS32
+
+# A soft similarity entry is 1 or −r, r = (count of pairs sharing a label) / (count not sharing),
+# computed in float32 from exact integer counts: one rounding for r, at most two more for
+# (1 + r)·1 − r; with r ≤ 1 that is a relative error ≤ 3·(1 + 2r)·eps/2 ≤ 4.5·eps.
+SIMILARITY_RTOL = 5 * EPS32
 
 
 def _np_similarity(a, b, soft):
@@ -36,8 +42,11 @@ def _np_dcc(B, U, omega, S, gamma):
 def test_similarity_int_labels(soft):
   rng = np.random.default_rng(0)
   a, b = rng.integers(0, 5, 30), rng.integers(0, 5, 70)
-  np.testing.assert_allclose(np.asarray(adsh.similarity(a, b, soft)), _np_similarity(a, b, soft),
-                             rtol=1e-6)
+  got, want = np.asarray(adsh.similarity(a, b, soft)), _np_similarity(a, b, soft)
+  if not soft:
+    np.testing.assert_array_equal(got, want)  # ±1, exact
+  assert np.abs(want).max() <= 1  # r ≤ 1 here, as SIMILARITY_RTOL assumes
+  np.testing.assert_allclose(got, want, rtol=SIMILARITY_RTOL)
 
 
 def test_similarity_multi_hot_labels():
@@ -45,7 +54,9 @@ def test_similarity_multi_hot_labels():
   a = (rng.random((25, 6)) < 0.25).astype(np.int32)
   b = (rng.random((40, 6)) < 0.25).astype(np.int32)
   got = np.asarray(adsh.similarity(a, b))
-  np.testing.assert_allclose(got, _np_similarity(a, b, True), rtol=1e-6)
+  want = _np_similarity(a, b, True)
+  assert np.abs(want).max() <= 1  # r ≤ 1 here, as SIMILARITY_RTOL assumes
+  np.testing.assert_allclose(got, want, rtol=SIMILARITY_RTOL)
   # Two items with no label at all are not similar.
   assert got[np.flatnonzero(a.sum(1) == 0)[:1]].max(initial=-1) < 1
 
@@ -53,8 +64,9 @@ def test_similarity_multi_hot_labels():
 def test_similarity_soft_balances_positives_and_negatives():
   a = np.array([0, 0, 1])
   S = np.asarray(adsh.similarity(a, np.array([0, 1, 2, 3])))
-  assert S.sum() == pytest.approx(0.0, abs=1e-6)
-  np.testing.assert_allclose(S[0], [1, -1 / 3, -1 / 3, -1 / 3], rtol=1e-6)
+  # 12 float32 entries of magnitude ≤ 1: the sum's error ≤ 12·eps·Σ|S| ≤ 12·12·eps (Higham §4.2).
+  assert S.sum() == pytest.approx(0.0, abs=12 * 12 * EPS32)
+  np.testing.assert_allclose(S[0], [1, -1 / 3, -1 / 3, -1 / 3], rtol=SIMILARITY_RTOL)
 
 
 def test_similarity_rejects_mixed_label_kinds():

@@ -5,6 +5,7 @@ PyTorch reference's top-5 classes on scikit-learn's two sample photos, and its f
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -12,7 +13,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from aah_jax import convert, pretrained
-from aah_jax.input_pipeline import normalize, resize_center_crop
+from aah_jax.input_pipeline import IMAGENET_MEAN, IMAGENET_STD, resize_center_crop
 from aah_jax.models import A2NetPlusPlus, EfficientNetLite, backbone_spec, init_variables
 from aah_jax.models.efficientnet import depthwise_by_shifts
 
@@ -111,20 +112,36 @@ def _to_nchw(x):
   return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
 
 
+# Framework comparisons run both networks in float64 (PyTorch .double(), JAX with 64-bit on):
+# the frameworks sum in different orders, and in float64 that difference is far below the
+# tolerance. A logit passes through ~50 layers whose dot products have at most 1,152 terms:
+# 50 · 1,152 · 1.1e-16 ≈ 6e-12 of the values' scale as a worst case; 1e-9 of the largest
+# |value| leaves a factor > 100 for what BatchNorm's rescaling amplifies. (In float32 the
+# same bound is ~4e-3, above the differences one wants to catch.)
+FLOAT64_RTOL = 1e-9
+
+
+@pytest.mark.equivalence
 def test_lite0_imagenet_top5_equals_pytorch_reference(state_dict, photos):
   reference = _TorchEfficientNetLite0().eval()
   reference.load_state_dict(state_dict)  # strict: the reference has the package's every key
+  reference.double()
   with torch.no_grad():
     # The TensorFlow model's own input: (pixel − 127) / 128.
-    logits_ref, features_ref = reference(_to_nchw((photos.astype(np.float32) - 127.0) / 128.0))
+    logits_ref, features_ref = reference(_to_nchw((photos.astype(np.float64) - 127.0) / 128.0))
 
   variables = convert.convert({k: v.numpy() for k, v in state_dict.items()},
                               'efficientnet_lite0', classifier=True)
-  model = EfficientNetLite(backbone_spec('efficientnet_lite0'), num_classes=1000)
-  images = np.stack([normalize(p) for p in photos])  # what the input pipeline delivers
-  logits, state = model.apply(variables, images, mutable='intermediates',
-                              capture_intermediates=True)
-  logits, ref = np.asarray(logits), logits_ref.numpy()
+  # What the input pipeline delivers (input_pipeline.normalize), computed in float64.
+  images = (photos / 255.0 - IMAGENET_MEAN.astype(np.float64)) / IMAGENET_STD.astype(np.float64)
+  with jax.enable_x64(True):
+    model = EfficientNetLite(backbone_spec('efficientnet_lite0'), num_classes=1000,
+                             dtype=jnp.float64)
+    logits, state = model.apply(variables, images, mutable='intermediates',
+                                capture_intermediates=True)
+    logits, captured = jax.device_get((logits, state['intermediates']))
+  ref = logits_ref.numpy()
+  assert logits.dtype == np.float64
 
   top5 = np.argsort(-logits, axis=1)[:, :5]
   np.testing.assert_array_equal(top5, np.argsort(-ref, axis=1)[:, :5])
@@ -132,24 +149,29 @@ def test_lite0_imagenet_top5_equals_pytorch_reference(state_dict, photos):
   # (985), with the confidence the TensorFlow model's own preprocessing gives.
   np.testing.assert_array_equal(top5[:, 0], [698, 985])
   assert jax.nn.softmax(logits)[1, 985] > 0.25
-  np.testing.assert_allclose(logits, ref, atol=1e-4 * np.abs(ref).max())
+  np.testing.assert_allclose(logits, ref, rtol=0, atol=FLOAT64_RTOL * np.abs(ref).max())
 
-  captured = state['intermediates']
   for name in ('trunk', 'last_stage'):
     ours = np.asarray(captured[name]['__call__'][0])
     theirs = features_ref[name].numpy().transpose(0, 2, 3, 1)
     assert ours.shape == theirs.shape
-    np.testing.assert_allclose(ours, theirs, atol=1e-4 * np.abs(theirs).max())
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=FLOAT64_RTOL * np.abs(theirs).max())
 
 
 def test_lite0_in_a2net_loads_trunk_and_both_last_stages(state_dict, tmp_path):
   path = tmp_path / 'lite0.npz'
   convert.save_variables(str(path), convert.convert(
       {k: v.numpy() for k, v in state_dict.items()}, 'efficientnet_lite0'))
-  model = A2NetPlusPlus(backbone='efficientnet_lite0', bits=12, generator_base_channels=16,
-                        embed_dim=32)
-  base = init_variables(model, jax.random.key(0), 96)
-  loaded = convert.load_pretrained(jax.tree.map(np.asarray, base), str(path))
+  # 64 px (T is 4×4), no image decoders: what is loaded is the backbone.
+  model = A2NetPlusPlus(backbone='efficientnet_lite0', bits=12, use_image_decoder=False)
+  # Distinct random values in every variable (not an initialised network: that compile is
+  # not what this test is about); BatchNorm statistics 1, so that u stays finite.
+  shapes = jax.eval_shape(lambda rng: init_variables(model, rng, 64), jax.random.key(0))
+  rng = np.random.default_rng(0)
+  base = {'params': jax.tree.map(lambda s: 0.05 * rng.standard_normal(s.shape, s.dtype),
+                                 shapes['params']),
+          'batch_stats': jax.tree.map(lambda s: np.ones(s.shape, s.dtype), shapes['batch_stats'])}
+  loaded = convert.load_pretrained(base, str(path))
   kernel = state_dict['_blocks.12._depthwise_conv.weight'].numpy().transpose(2, 3, 1, 0)
   for stage in ('global_stage', 'local_stage'):
     np.testing.assert_array_equal(loaded['params'][stage]['block12']['depthwise_conv']['kernel'],
@@ -159,7 +181,7 @@ def test_lite0_in_a2net_loads_trunk_and_both_last_stages(state_dict, tmp_path):
   # Attention (112 trunk channels: 112 → 28 → 7 → M) and W keep their initialisation.
   for name in ('attention', 'attribute_codec'):
     jax.tree.map(np.testing.assert_array_equal, loaded['params'][name], base['params'][name])
-  u = model.apply(loaded, np.zeros((2, 96, 96, 3), np.float32))
+  u = model.apply(loaded, np.zeros((2, 64, 64, 3), np.float32))
   assert u.shape == (2, 12) and np.isfinite(np.asarray(u)).all()
 
 
@@ -185,14 +207,15 @@ def test_named_pretrained_weights_are_converted_once_and_cached(tmp_path, monkey
     pretrained.resolve('no_such_weights')
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize('stride,size,kernel', [(1, 5, 3), (2, 8, 5), (2, 7, 3), (1, 2, 5)])
 def test_depthwise_by_shifts_equals_grouped_convolution(stride, size, kernel):
   """The CPU path of DepthwiseConv: values and both gradients of XLA's grouped convolution
   ('SAME' padding, odd and even sizes, maps smaller than the kernel)."""
   rng = np.random.default_rng(0)
-  x = rng.standard_normal((3, size, size, 6)).astype(np.float32)
-  k = rng.standard_normal((kernel, kernel, 1, 6)).astype(np.float32)
-  weights = rng.standard_normal((3, -(-size // stride), -(-size // stride), 6)).astype(np.float32)
+  x = rng.standard_normal((3, size, size, 6))
+  k = rng.standard_normal((kernel, kernel, 1, 6))
+  weights = rng.standard_normal((3, -(-size // stride), -(-size // stride), 6))
 
   def grouped(x, k):
     return jax.lax.conv_general_dilated(x, k, (stride, stride), 'SAME', feature_group_count=6,
@@ -201,11 +224,16 @@ def test_depthwise_by_shifts_equals_grouped_convolution(stride, size, kernel):
   def shifts(x, k):
     return depthwise_by_shifts(x, k, stride)
 
-  np.testing.assert_allclose(shifts(x, k), grouped(x, k), rtol=1e-5, atol=1e-5)
-  grads = [jax.grad(lambda x, k, f=f: (f(x, k) * weights).sum(), argnums=(0, 1))(x, k)
-           for f in (grouped, shifts)]
+  # Two summation orders, in float64: the largest sum (the kernel gradient) has 3 · 8 · 8 = 192
+  # products of N(0, 1) numbers, a worst-case error of 192 · 1.1e-16 · Σ|terms| ≈ 2e-14 · 192;
+  # atol 1e-9 is far above it and far below any wrong tap (O(1)).
+  with jax.enable_x64(True):
+    np.testing.assert_allclose(shifts(x, k), grouped(x, k), rtol=0, atol=1e-9)
+    grads = [jax.grad(lambda x, k, f=f: (f(x, k) * weights).sum(), argnums=(0, 1))(x, k)
+             for f in (grouped, shifts)]
   for ours, theirs in zip(grads[1], grads[0]):
-    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-4)
+    assert ours.dtype == np.float64
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-9)
 
 
 def test_a_pretrained_value_that_names_nothing_fails_before_any_compute(tmp_path):

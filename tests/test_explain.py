@@ -20,7 +20,8 @@ def test_auc_matches_pairwise_counting_with_ties():
   auc = explain.auc_matrix(u, indicators)
   for j in range(3):
     for a in range(4):
-      assert auc[j, a] == pytest.approx(_brute_force_auc(u[:, j], indicators[:, a]))
+      # float64 counts below 2⁵³ and one division each side: equal to a few eps64.
+      assert auc[j, a] == pytest.approx(_brute_force_auc(u[:, j], indicators[:, a]), rel=1e-12)
   constant = np.zeros((40, 1), bool)
   assert np.isnan(explain.auc_matrix(u, constant)).all()
 
@@ -37,7 +38,8 @@ def test_mutual_information_matches_the_definition():
           p = np.mean((bits[:, j] == x) & (attrs[:, a] == y))
           if p > 0:
             expected += p * np.log2(p / (np.mean(bits[:, j] == x) * np.mean(attrs[:, a] == y)))
-      assert mi[j, a] == pytest.approx(expected)
+      # Four float64 terms of at most 1 bit each, a few roundings apiece: error ≪ 1e-12 bit.
+      assert mi[j, a] == pytest.approx(expected, abs=1e-12)
 
 
 def test_a_bit_that_is_an_attribute_is_perfectly_aligned():
@@ -47,13 +49,14 @@ def test_a_bit_that_is_an_attribute_is_perfectly_aligned():
   u = np.where(indicators, 0.7, -0.7) + rng.normal(0, 0.01, indicators.shape)
   u[:, 1] *= -1  # a bit may encode its attribute with the opposite sign
   aligned = explain.aligned_auc(u, indicators)
-  np.testing.assert_allclose(np.diag(aligned), 1.0)
+  np.testing.assert_array_equal(np.diag(aligned), 1.0)  # integer counts in float64: exact
   summary = explain.summary(u, indicators)
-  assert summary['mean_best_auc'] == pytest.approx(1.0)
+  assert summary['mean_best_auc'] == 1.0
   assert summary['attributes_covered'] == 1.0 and names == ['a', 'b', 'c']
   mi = explain.mutual_information(u >= 0, indicators)
   entropy = [-(p * np.log2(p) + (1 - p) * np.log2(1 - p)) for p in indicators.mean(axis=0)]
-  np.testing.assert_allclose(np.diag(mi), entropy)
+  # The same quantity by two float64 routes of a few terms ≤ 1 bit each: error ≪ 1e-12 bit.
+  np.testing.assert_allclose(np.diag(mi), entropy, rtol=0, atol=1e-12)
 
 
 def test_random_codes_are_not_aligned():
@@ -68,6 +71,7 @@ def test_random_codes_are_not_aligned():
   aligned = explain.aligned_auc(u, indicators)
   assert abs(aligned.mean() - 0.5) < 0.015
   summary = explain.summary(u, indicators)
+  # The best of 12 unrelated bits per attribute: 0.5 + max of 12 |N(0, 0.009)| ≈ 0.5 + 2.2σ.
   assert summary['mean_best_auc'] < 0.53 and summary['attributes_covered'] == 0.0
 
 

@@ -7,6 +7,10 @@ import pytest
 
 from aah_jax import retrieval
 
+# mAP, precision and recall are float64 means of at most a few hundred ratios of integer counts:
+# each ratio is one rounding, the means add a few hundred eps64 ≈ 1e-14 at most.
+RTOL = 1e-12
+
 
 def _brute_force_map(q, db, ql, dbl, topk=None):
   aps = []
@@ -33,7 +37,7 @@ def test_map_matches_brute_force_with_heavy_ties(topk):
   db = rng.choice([-1, 1], (60, 4))
   ql, dbl = rng.integers(0, 5, 15), rng.integers(0, 5, 60)
   assert retrieval.mean_average_precision(q, db, ql, dbl, topk=topk) == pytest.approx(
-      _brute_force_map(q, db, ql, dbl, topk), rel=1e-12)
+      _brute_force_map(q, db, ql, dbl, topk), rel=RTOL)
 
 
 def test_map_multi_hot_and_no_relevant_items():
@@ -44,7 +48,7 @@ def test_map_multi_hot_and_no_relevant_items():
   ql[0] = 0  # no relevant item: AP 0
   dbl = (rng.random((40, 5)) < 0.3).astype(int)
   assert retrieval.mean_average_precision(q, db, ql, dbl) == pytest.approx(
-      _brute_force_map(q, db, ql, dbl), rel=1e-12)
+      _brute_force_map(q, db, ql, dbl), rel=RTOL)
 
 
 def test_hand_computed_case_counts_the_last_item():
@@ -52,7 +56,7 @@ def test_hand_computed_case_counts_the_last_item():
   q = np.array([[1, 1]])
   db = np.array([[1, 1], [1, -1], [-1, -1]])
   assert retrieval.mean_average_precision(q, db, np.array([0]), np.array([1, 2, 0])) == \
-      pytest.approx(1 / 3)
+      pytest.approx(1 / 3, rel=RTOL)
   # Real-valued and {0, 1} codes give the same distances as ±1.
   np.testing.assert_array_equal(retrieval.hamming_distance(np.array([[0.3, -0.0]]),
                                                            np.array([[0, 1], [1, 1]])),
@@ -86,7 +90,7 @@ def test_tie_aware_map_is_the_mean_over_tie_orderings(seed):
   rel = retrieval.relevance(ql, dbl)
   want = np.mean([_brute_force_tie_aware_ap(dist[i], rel[i]) for i in range(4)])
   assert retrieval.tie_aware_mean_average_precision(q, db, ql, dbl) == pytest.approx(
-      want, rel=1e-12)
+      want, rel=RTOL)
 
 
 def test_tie_aware_map_equals_map_without_ties():
@@ -94,7 +98,7 @@ def test_tie_aware_map_equals_map_without_ties():
   q = np.array([[1, 1, 1]])
   for labels in ([0, 1, 0, 1], [1, 1, 0, 0], [1, 0, 0, 0]):
     assert retrieval.tie_aware_mean_average_precision(q, db, [0], labels) == pytest.approx(
-        retrieval.mean_average_precision(q, db, [0], labels))
+        retrieval.mean_average_precision(q, db, [0], labels), rel=RTOL)
 
 
 def _numpy_distance(q, db):
@@ -118,8 +122,9 @@ def test_precision_recall_at_k_and_search_match_brute_force():
   for col, k in enumerate(ks):
     hits = [sum(ql[i] == dbl[j] for j in ranking[i][:k]) for i in range(9)]
     totals = [sum(ql[i] == dbl) for i in range(9)]
-    assert precision[col] == pytest.approx(np.mean([h / k for h in hits]))
-    assert recall[col] == pytest.approx(np.mean([h / t if t else 0.0 for h, t in zip(hits, totals)]))
+    assert precision[col] == pytest.approx(np.mean([h / k for h in hits]), rel=RTOL)
+    assert recall[col] == pytest.approx(
+        np.mean([h / t if t else 0.0 for h, t in zip(hits, totals)]), rel=RTOL)
   distances, indices = retrieval.search(q, db, 6)
   np.testing.assert_array_equal(indices, [r[:6] for r in ranking])
   np.testing.assert_array_equal(distances, [[dist[i, j] for j in r[:6]] for i, r in enumerate(ranking)])
@@ -141,9 +146,10 @@ def test_precision_recall_by_radius_matches_brute_force():
       inside = dist[i] <= radius
       p.append(rel[i][inside].mean() if inside.any() else 0.0)
       r.append(rel[i][inside].sum() / rel[i].sum() if rel[i].any() else 0.0)
-    assert precision[radius] == pytest.approx(np.mean(p))
-    assert recall[radius] == pytest.approx(np.mean(r))
-  assert retrieval.precision_within_radius(q, db, ql, dbl, radius=2) == pytest.approx(precision[2])
+    assert precision[radius] == pytest.approx(np.mean(p), rel=RTOL)
+    assert recall[radius] == pytest.approx(np.mean(r), rel=RTOL)
+  assert retrieval.precision_within_radius(q, db, ql, dbl, radius=2) == pytest.approx(
+      precision[2], rel=RTOL)
 
 
 @pytest.mark.parametrize('bits', [12, 13, 48, 100])
@@ -157,7 +163,7 @@ def test_packed_codes_round_trip_and_distances(bits):
                                 _numpy_distance(q, 2 * db - 1))
   np.testing.assert_array_equal(retrieval.hamming_distance(q, db), _numpy_distance(q, 2 * db - 1))
   assert retrieval.mean_average_precision(packed_q, packed_db, [0] * 5, [0, 1] * 10) == \
-      pytest.approx(retrieval.mean_average_precision(q, db, [0] * 5, [0, 1] * 10))
+      pytest.approx(retrieval.mean_average_precision(q, db, [0] * 5, [0, 1] * 10), rel=RTOL)
   with pytest.raises(ValueError, match='code lengths differ'):
     retrieval.hamming_distance(packed_q, retrieval.pack_codes(db[:, :-1]))
 
@@ -181,13 +187,14 @@ def test_many_labels_and_long_codes_span_several_words():
   dbl = (rng.random((30, 130)) < 0.01).astype(int)
   ql[:, 129], dbl[::3, 129] = 1, 1  # the last label word shares a label with every third item
   assert retrieval.mean_average_precision(q, db, ql, dbl) == pytest.approx(
-      _brute_force_map(q, db, ql, dbl), rel=1e-12)
+      _brute_force_map(q, db, ql, dbl), rel=RTOL)
   dist, ranking = _brute_force_ranking(q, db)
   precision, recall = retrieval.precision_recall_at_k(q, db, ql, dbl, [3, 30])
   rel = (ql @ dbl.T) > 0
   hits = np.array([[rel[i, ranking[i][:k]].sum() for k in (3, 30)] for i in range(6)])
-  np.testing.assert_allclose(precision, (hits / [3, 30]).mean(axis=0))
-  np.testing.assert_allclose(recall, (hits / rel.sum(axis=1, keepdims=True)).mean(axis=0))
+  np.testing.assert_allclose(precision, (hits / [3, 30]).mean(axis=0), rtol=RTOL)
+  np.testing.assert_allclose(recall, (hits / rel.sum(axis=1, keepdims=True)).mean(axis=0),
+                             rtol=RTOL)
 
 
 def test_mismatched_inputs_are_named():

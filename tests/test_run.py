@@ -97,16 +97,21 @@ def test_tiny_config_trains_end_to_end(tiny_run):
   for key in ('dataset', 'bits', 'map_learned_db', 'map_encoded_db', 'map_random', 'history',
               'wall_time_seconds', 'config'):
     assert key in results
+  # Not a rounding tolerance: the two mAPs rank the same distances, differing only in how ties
+  # (large at 12 bits over 960 items) are ordered; 0.05 is about a third of the learned mAP.
   assert abs(results['map_tie_aware_learned_db'] - results['map_learned_db']) < 0.05
   config = tiny.get_config()
   assert len(results['history']) == config.train.num_iterations == 10
   assert [h['phase'] for h in results['history']] == [1] * 5 + [2] * 5
   assert results['num_database'] == 960 and results['num_queries'] == 240
   assert results['num_devices'] == 1 and results['config']['bits'] == 12
-  # 48 classes: random codes score about 0.03 here. Training must clear that by far.
-  assert results['map_random'] < 0.05
-  assert results['map_learned_db'] > results['map_random'] + 0.08, results
-  assert results['map_encoded_db'] > results['map_random'] + 0.05, results
+  # 48 classes: random codes score about 0.027 here (seeded: the same on every machine).
+  # Training must clear that by far, on any machine: the trajectory moves with the CPU's
+  # summation order as it does with the seed: seeds 0-3, a 2-device layout and AVX2 code gave
+  # learned 0.101-0.164, encoded 0.094-0.154; 2.5× chance (0.069) sits below the lowest.
+  assert results['map_random'] < 0.035
+  assert results['map_learned_db'] > 2.5 * results['map_random'], results
+  assert results['map_encoded_db'] > 2.5 * results['map_random'], results
 
 
 def test_logs_cover_every_step_and_iteration(tiny_run):
@@ -146,6 +151,9 @@ def test_killed_and_preempted_run_continues_exactly(tiny_run, data_dir, tmp_path
 
   expected = json.loads((tiny_run[0] / 'results.json').read_text())
   actual = json.loads((workdir / 'results.json').read_text())
+  # Exact: both runs are on this machine with this build and the same compiled executables,
+  # where training is deterministic; a resume that restored anything less (RNG, data order,
+  # optimiser state, B) would change the trajectory. Across machines it is not (README).
   assert _without_timing(actual) == _without_timing(expected)
   expected_state, actual_state = _final_state(tiny_run[0]), _final_state(workdir)
   flat_expected = jax_leaves(expected_state)
@@ -192,6 +200,7 @@ def test_eval_of_the_saved_run_equals_its_final_numbers(tiny_run, data_dir):
   evaluation = json.loads((workdir / 'eval.json').read_text())
   results = json.loads((workdir / 'results.json').read_text())
   assert evaluation['step'] == 450
+  # Exact: the same saved codes and labels through the same float64 mAP code.
   assert evaluation['learned_db']['map'] == results['map_learned_db']
   assert evaluation['learned_db']['map_tie_aware'] == results['map_tie_aware_learned_db']
   assert evaluation['encoded_db']['map'] == results['map_encoded_db']
@@ -289,7 +298,9 @@ def test_explain_tool_measures_and_draws(tiny_run, data_dir):
               'attributes_covered_random', 'mean_best_auc_encoded_database',
               'attributes_covered_encoded_database'):
     assert 0 <= report[key] <= 1, key
-  assert 0.5 <= report['mean_best_auc_random'] < 0.65  # 240 images: chance is noisy
+  # Random codes, 240 images: the folded AUC of an unrelated bit is 0.5 + |N(0, σ)| with
+  # σ = sqrt((n+1)/(12·P·(n−P))) ≤ 0.043 for P ≥ 60 positives; the best of 12 bits ≈ 0.5 + 2.2σ.
+  assert 0.5 <= report['mean_best_auc_random'] < 0.65
   assert len(report['per_bit']) == 12
   from PIL import Image  # pylint: disable=g-import-not-at-top
   for name in ['alignment.png'] + [f'bit_{j:02d}.png' for j in range(12)]:

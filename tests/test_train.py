@@ -10,23 +10,30 @@ import pytest
 
 from aah_jax import adsh, input_pipeline, train
 from aah_jax.datasets import bird_renderer
-from aah_jax.models import create_model
+from aah_jax.models import create_model, init_variables
 from configs import tiny
+from tolerances import EPS32
 
 NUM_DB = 160
 BATCH = 64  # 8 images per device: per-device BatchNorm statistics stay well conditioned
 
 
-def _setup(bn_groups=1, **model_fields):
+def _step_kwargs(bn_groups=1, **model_fields) -> dict:
+  """The train step's static arguments for configs/tiny.py with these model fields."""
   config = tiny.get_config()
   config.model.bn_groups = bn_groups
   config.model.update(model_fields)
-  model = create_model(config.model)
   schedule = train.Schedule(4, 2, 0.005, 0.9, 0.1)
-  tx = train.make_optimizer(config.optim, schedule)
+  return dict(model=create_model(config.model), tx=train.make_optimizer(config.optim, schedule),
+              schedule=schedule, weights=train.loss_weights(config), gamma=config.loss.gamma)
+
+
+def _setup(bn_groups=1, **model_fields):
+  kwargs = _step_kwargs(bn_groups, **model_fields)
   db_labels = np.arange(NUM_DB) % 8
-  state = jax.jit(functools.partial(train.init_state, model=model, tx=tx, image_size=32,
-                                    db_labels=db_labels, num_samples=2 * BATCH))(jax.random.key(0))
+  state = jax.jit(functools.partial(train.init_state, model=kwargs['model'], tx=kwargs['tx'],
+                                    image_size=32, db_labels=db_labels,
+                                    num_samples=2 * BATCH))(jax.random.key(0))
   state = jax.device_get(state)
   rng = np.random.default_rng(0)
   classes = bird_renderer.choose_classes(8, seed=0)
@@ -38,8 +45,6 @@ def _setup(bn_groups=1, **model_fields):
       'index': idx.astype(np.int32),
       'position': np.arange(BATCH, dtype=np.int32) + BATCH * b,
   } for b, idx in enumerate(rng.choice(NUM_DB, (2, BATCH), replace=False))]
-  kwargs = dict(model=model, tx=tx, schedule=schedule, weights=train.loss_weights(config),
-                gamma=config.loss.gamma)
   return state, batches, kwargs
 
 
@@ -56,7 +61,16 @@ def _run_steps(devices, state, batches, kwargs):
   return jax.device_get(state), jax.device_get(history)
 
 
-def _assert_trees_close(a, b, rtol, atol):
+# Layout equivalences run in float64 (model.dtype='float64', JAX_ENABLE_X64 inside the test):
+# the layouts differ only in float summation order, and in float64 that difference is far below
+# any tolerance. The reductions of these steps have at most 64·16·16 = 16,384 terms (BatchNorm
+# over the batch at 32 px), a worst-case relative error of 16,384 · 1.1e-16 ≈ 1.8e-12; the
+# second step amplifies the first step's error (in float32 it came out at ~200 ulps). 1e-9 leaves
+# a factor of 500 over that bound for the amplification (measured here: at most 1.4e-12).
+FLOAT64_RTOL = 1e-9
+
+
+def _assert_trees_close(a, b, rtol, atol=0.0):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
@@ -65,47 +79,57 @@ def _assert_updates_agree(initial, a, b, fraction):
   """Per parameter array: the two runs' results differ by at most `fraction` of the update."""
   for x0, x, y in zip(jax.tree.leaves(initial), jax.tree.leaves(a), jax.tree.leaves(b)):
     update = np.abs(np.asarray(x) - np.asarray(x0)).max()
-    assert np.abs(np.asarray(x) - np.asarray(y)).max() <= fraction * update + 1e-7
+    assert np.abs(np.asarray(x) - np.asarray(y)).max() <= fraction * update
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize('bn_groups', [1, 8])
 def test_train_step_on_1_and_8_devices_agree(bn_groups):
   assert jax.device_count() == 8
-  state, batches, kwargs = _setup(bn_groups)
-  one, metrics_one = _run_steps(jax.devices()[:1], state, batches, kwargs)
-  eight, metrics_eight = _run_steps(jax.devices(), state, batches, kwargs)
-  # Same global-batch maths; the layouts differ only in float summation order, which the
-  # second step's gradients amplify a little (BatchNorm): the tolerances below bound that.
-  _assert_trees_close(metrics_one, metrics_eight, rtol=1e-5, atol=1e-6)
-  _assert_trees_close((one.batch_stats, one.U), (eight.batch_stats, eight.U), rtol=1e-3,
-                      atol=1e-5)
-  _assert_updates_agree(state.params, one.params, eight.params, fraction=0.05)
+  with jax.enable_x64(True):
+    state, batches, kwargs = _setup(bn_groups, dtype='float64')
+    assert state.B.dtype == state.params['attribute_codec']['W'].dtype == np.float64
+    one, metrics_one = _run_steps(jax.devices()[:1], state, batches, kwargs)
+    eight, metrics_eight = _run_steps(jax.devices(), state, batches, kwargs)
+  # Same global-batch maths, two summation orders: equal within FLOAT64_RTOL (see above).
+  _assert_trees_close(metrics_one, metrics_eight, FLOAT64_RTOL)
+  _assert_trees_close((one.batch_stats, one.U), (eight.batch_stats, eight.U), FLOAT64_RTOL)
+  _assert_updates_agree(state.params, one.params, eight.params, FLOAT64_RTOL)
   assert int(one.step) == int(eight.step) == 2
   # The steps changed the parameters and filled U at the batch positions.
+  # (two SGD steps at lr 0.1 move W by far more than np.allclose's 1e-8 + 1e-5·|W|)
   assert not np.allclose(one.params['attribute_codec']['W'], state.params['attribute_codec']['W'])
   assert np.all(np.abs(one.U).sum(axis=1) > 0)
 
 
 def test_per_group_batch_norm_changes_the_step():
-  state, batches, kwargs = _setup(1)
-  global_bn, _ = _run_steps(jax.devices(), state, batches[:1], kwargs)
-  state8, _, kwargs8 = _setup(8)
-  grouped, _ = _run_steps(jax.devices(), state8, batches[:1], kwargs8)
+  with jax.enable_x64(True):  # the executables of the equivalence test above
+    state, batches, kwargs = _setup(1, dtype='float64')
+    global_bn, _ = _run_steps(jax.devices(), state, batches[:1], kwargs)
+    state8, _, kwargs8 = _setup(8, dtype='float64')
+    grouped, _ = _run_steps(jax.devices(), state8, batches[:1], kwargs8)
+  # Different batch statistics give a different step: far above np.allclose's 1e-8 + 1e-5·|W|,
+  # while float64 summation-order differences (FLOAT64_RTOL) are far below it.
   assert not np.allclose(global_bn.params['attribute_codec']['W'],
                          grouped.params['attribute_codec']['W'])
 
 
+@pytest.mark.equivalence
 def test_sharded_dcc_update_equals_the_unsharded_sweep():
   rng = np.random.default_rng(0)
   N, n_omega, k = 80, 24, 12
   labels = rng.integers(0, 5, N)
   omega = rng.choice(N, n_omega, replace=False)
-  U = np.tanh(rng.normal(size=(n_omega, k))).astype(np.float32)
-  B = rng.normal(size=(N, k)).astype(np.float32)
-  mesh = Mesh(np.array(jax.devices()), ('data',))
-  update = train.make_database_update(mesh, N, 200.0, True)
-  got = update(B, U, omega, labels[omega], labels)
-  want = adsh.dcc_update(B, U, omega, adsh.similarity(labels[omega], labels), 200.0)
+  U = np.tanh(rng.normal(size=(n_omega, k)))
+  B = rng.normal(size=(N, k))
+  # Exact equality in float64: a bit can differ only where its sign argument (k·SᵀU: 24 terms
+  # ≤ 12; γ·Ū ≤ 200; B·G: 12 terms ≤ 24) is within ~37 · 288 · 1.1e-16 ≈ 1.2e-12 of zero.
+  with jax.enable_x64(True):
+    mesh = Mesh(np.array(jax.devices()), ('data',))
+    update = train.make_database_update(mesh, N, 200.0, True)
+    got = update(B, U, omega, labels[omega], labels)
+    want = adsh.dcc_update(B, U, omega, adsh.similarity(labels[omega], labels), 200.0)
+  assert got.dtype == np.float64
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
@@ -116,7 +140,8 @@ def test_schedule_phases_and_learning_rate():
   phases = np.asarray(schedule.phase(schedule.iteration(steps)))
   np.testing.assert_array_equal(phases, [1] * 15 + [2] * 15)
   lrs = np.asarray(schedule.learning_rate_at(steps))
-  np.testing.assert_allclose(lrs, [0.1] * 27 + [0.01] * 3, rtol=1e-6)
+  # float32(0.1) is within eps/2 of 0.1, and 0.1·0.1 adds one more rounding: ≤ 2·eps relative.
+  np.testing.assert_allclose(lrs, [0.1] * 27 + [0.01] * 3, rtol=2 * EPS32)
 
 
 def test_bad_batch_sizes_fail_before_compute():
@@ -134,25 +159,36 @@ def test_bad_batch_sizes_fail_before_compute():
     train.validate_num_samples(config, 960)
 
 
+@pytest.mark.equivalence
 def test_remat_of_the_local_stage_changes_memory_not_results():
-  state, batches, kwargs = _setup()
-  remat_state, _, remat_kwargs = _setup(remat_local_stage=True)
-  assert jax.tree.structure(remat_state.params) == jax.tree.structure(state.params)
-  plain, plain_metrics = _run_steps(jax.devices()[:1], state, batches, kwargs)
-  remat, remat_metrics = _run_steps(jax.devices()[:1], state, batches, remat_kwargs)
-  for a, b in zip(plain_metrics, remat_metrics):
-    assert a['loss'] == pytest.approx(b['loss'], rel=1e-5)
-  _assert_updates_agree(state.params, plain.params, remat.params, 0.01)
+  with jax.enable_x64(True):
+    state, batches, kwargs = _setup(dtype='float64')
+    remat_kwargs = _step_kwargs(remat_local_stage=True, dtype='float64')
+    remat_params = jax.eval_shape(lambda rng: init_variables(remat_kwargs['model'], rng, 32),
+                                  jax.random.key(0))
+    assert jax.tree.structure(remat_params['params']) == jax.tree.structure(state.params)
+    plain, plain_metrics = _run_steps(jax.devices()[:1], state, batches, kwargs)
+    remat, remat_metrics = _run_steps(jax.devices()[:1], state, batches, remat_kwargs)
+  # The same maths, fused differently: float64 summation orders (FLOAT64_RTOL, see above).
+  _assert_trees_close(plain_metrics, remat_metrics, FLOAT64_RTOL)
+  _assert_updates_agree(state.params, plain.params, remat.params, FLOAT64_RTOL)
 
 
-def test_bfloat16_training_stays_finite_and_tracks_float32():
+def test_bfloat16_training_stays_finite_and_tracks_full_precision():
   """bf16 convolutions and matmuls, float32 parameters, BN statistics, head and losses:
-  over three steps on the same batches the loss stays within 2% of float32."""
-  state, batches, kwargs = _setup()
-  _, _, bf16_kwargs = _setup(dtype='bfloat16')
-  batches = batches + batches[:1]
-  full, full_metrics = _run_steps(jax.devices()[:1], state, batches, kwargs)
-  half, half_metrics = _run_steps(jax.devices()[:1], state, batches, bf16_kwargs)
+  over three steps on the same batches the loss stays within 2% of full precision (the
+  float64 steps of the equivalence tests, whose executables are compiled already)."""
+  # 2% ≈ 5·2⁻⁸: bf16 keeps 8 significant bits, a rounding of up to 2⁻⁸ ≈ 0.4% relative per
+  # stored activation. The ~10 bf16 layers between image and u would compound that to 4% only
+  # if every rounding aligned; the loss terms are batch means, in which roundings of either
+  # sign average out, so the gap stays within a few 2⁻⁸ (0.13% at most, measured).
+  with jax.enable_x64(True):
+    state, batches, kwargs = _setup(dtype='float64')
+    bf16_kwargs = _step_kwargs(dtype='bfloat16')
+    batches = batches + batches[:1]
+    full, full_metrics = _run_steps(jax.devices()[:1], state, batches, kwargs)
+    state32 = jax.tree.map(lambda x: x.astype(np.float32) if x.dtype == np.float64 else x, state)
+    half, half_metrics = _run_steps(jax.devices()[:1], state32, batches, bf16_kwargs)
   assert jax.tree.leaves(half.params)[0].dtype == jnp.float32
   for a, b in zip(full_metrics, half_metrics):
     assert np.isfinite(b['loss'])

@@ -13,8 +13,8 @@ from aah_jax.models.attributes import AttributeCodec
 from aah_jax.models.backbones import backbone_spec
 from aah_jax.models.image_decoder import ImageDecoder
 from aah_jax.models.norm import BatchNorm
-
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+from aah_jax.models.precision import accumulation_dtype, compute_dtype
+from aah_jax.models.resnet import global_average_pool
 
 
 @flax.struct.dataclass
@@ -36,11 +36,6 @@ class A2NetOutput:
   image_from_v: Optional[jax.Array]
   image_from_v_hat: Optional[jax.Array]
   attention: Optional[jax.Array]
-
-
-def global_average_pool(x):
-  """(n, h, w, C) → (n, C), in float32."""
-  return x.astype(jnp.float32).mean(axis=(1, 2))
 
 
 def local_features(stage: nn.Module, t, a):
@@ -69,7 +64,7 @@ class A2NetPlusPlus(nn.Module):
     generator_base_channels: channels of the generator's first map (256).
     bn_groups: BatchNorm statistics over this many equal slices of the batch.
     dtype: compute dtype of convolutions (params, BN statistics and the head
-      stay float32).
+      stay float32; all float64 under float64, the CPU reference mode).
     remat_local_stage: recompute the local stage-4 path (it runs M times per image)
       in the backward pass instead of storing its activations.
   """
@@ -134,13 +129,11 @@ def create_model(model_config) -> A2NetPlusPlus:
   """The network described by a ``config.model`` ConfigDict (or mapping)."""
   fields = dict(model_config)
   fields.pop('pretrained', None)  # weights to start from: the run loads them (aah_jax.convert)
-  dtype = fields.pop('dtype', 'float32')
-  if dtype not in DTYPES:
-    raise ValueError(f'config.model.dtype={dtype!r}; choose one of {sorted(DTYPES)}')
+  dtype = compute_dtype(fields.pop('dtype', 'float32'))
   unknown = set(fields) - set(A2NetPlusPlus.__dataclass_fields__)
   if unknown:
     raise ValueError(f'config.model has unknown fields {sorted(unknown)}')
-  return A2NetPlusPlus(dtype=DTYPES[dtype], **fields)
+  return A2NetPlusPlus(dtype=dtype, **fields)
 
 
 def init_variables(model: A2NetPlusPlus, rng, image_size: int):
@@ -148,7 +141,8 @@ def init_variables(model: A2NetPlusPlus, rng, image_size: int):
 
   Initialises in train mode (eval mode skips the image decoders) on a batch of
   ``bn_groups`` images; BatchNorm leaves its running statistics untouched at
-  initialisation.
+  initialisation. Variables are float32 (float64 under float64 compute).
   """
   images = jnp.zeros((model.bn_groups, image_size, image_size, 3), jnp.float32)
-  return jax.jit(functools.partial(model.init, train=True))(rng, images)
+  variables = jax.jit(functools.partial(model.init, train=True))(rng, images)
+  return jax.tree.map(lambda x: x.astype(accumulation_dtype(model.dtype)), variables)

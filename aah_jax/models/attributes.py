@@ -3,6 +3,8 @@
 import flax.linen as nn
 import jax.numpy as jnp
 
+from aah_jax.models.precision import accumulation_dtype
+
 # PyTorch's kaiming_uniform_(a=√5) on a (k, D) matrix: U(±1/√D), fan-in on the last axis.
 W_INIT = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform', in_axis=-1, out_axis=-2)
 
@@ -20,8 +22,8 @@ def attribute_decode(u, w):
 class AttributeCodec(nn.Module):
   """Holds W; returns (u, v̂) for the visual representation v.
 
-  Computed in float32 whatever the backbone's dtype: the tanh head and the
-  losses need the precision.
+  Computed in float32 whatever the backbone's dtype (float64 under float64): the tanh
+  head and the losses need the precision.
   """
 
   bits: int
@@ -29,5 +31,7 @@ class AttributeCodec(nn.Module):
   @nn.compact
   def __call__(self, v):
     w = self.param('W', W_INIT, (self.bits, v.shape[-1]), jnp.float32)
-    u = attribute_encode(v.astype(jnp.float32), w)
+    dtype = accumulation_dtype(v.dtype)
+    w = w.astype(dtype)
+    u = attribute_encode(v.astype(dtype), w)
     return u, attribute_decode(u, w)

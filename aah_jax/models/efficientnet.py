@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from aah_jax.input_pipeline import to_unit_range
 from aah_jax.models.norm import BatchNorm
-from aah_jax.models.resnet import KAIMING_FAN_OUT, ModuleDef
+from aah_jax.models.resnet import KAIMING_FAN_OUT, ModuleDef, global_average_pool
 
 TF_EPSILON = 1e-3
 TF_MOMENTUM = 0.99
@@ -238,7 +238,7 @@ class EfficientNetLite(nn.Module):
     norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
     x = self.spec.trunk(norm, self.dtype, name='trunk')(x)
     x = self.spec.last_stage(norm, self.dtype, name='last_stage')(x)
-    x = x.astype(jnp.float32).mean(axis=(1, 2))
+    x = global_average_pool(x)
     if self.num_classes is not None:
       x = nn.Dense(self.num_classes, name='classifier')(x)
     return x

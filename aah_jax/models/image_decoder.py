@@ -5,6 +5,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from aah_jax.models.precision import accumulation_dtype
 from aah_jax.models.resnet import ModuleDef
 
 # PyTorch's default nn.Linear / nn.ConvTranspose2d kernel initialisation, U(±1/√fan_in);
@@ -72,5 +73,5 @@ class ImageDecoder(nn.Module):
         x = _transposed_conv(features_out, 4, 2, 1, dtype=self.dtype, name=f'deconv{i}')(x)
       x = self.norm(name=f'bn{i}')(x)
       x = nn.sigmoid(x) if i == len(channels) - 1 else nn.relu(x)
-    return x.astype(jnp.float32)
+    return x.astype(accumulation_dtype(self.dtype))
 

@@ -6,13 +6,15 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
+from aah_jax.models.precision import accumulation_dtype
+
 # PyTorch's BatchNorm2d defaults: momentum 0.1 on the new statistic is 0.9 on the old one.
 TORCH_MOMENTUM = 0.9
 TORCH_EPSILON = 1e-5
 
 
 class BatchNorm(nn.Module):
-  """BatchNorm over all axes but the last, statistics in float32.
+  """BatchNorm over all axes but the last, statistics in float32 (float64 under float64).
 
   Matches ``torch.nn.BatchNorm2d``: normalises with the biased batch variance and
   updates the running variance with the unbiased one, so torchvision running
@@ -45,9 +47,10 @@ class BatchNorm(nn.Module):
     running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (channels,), jnp.float32)
     running_var = self.variable('batch_stats', 'var', jnp.ones, (channels,), jnp.float32)
 
-    x32 = x.astype(jnp.float32)
+    x32 = x.astype(accumulation_dtype(x.dtype))
     if self.use_running_average:
-      y = (x32 - running_mean.value) * lax.rsqrt(running_var.value + self.epsilon)
+      mean, var = running_mean.value.astype(x32.dtype), running_var.value.astype(x32.dtype)
+      y = (x32 - mean) * lax.rsqrt(var + self.epsilon)
     else:
       groups = self.num_groups
       if x.shape[0] % groups:

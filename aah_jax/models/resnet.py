@@ -14,11 +14,17 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from aah_jax.models.norm import BatchNorm
+from aah_jax.models.precision import accumulation_dtype
 
 ModuleDef = Callable[..., nn.Module]
 
 # torchvision: kaiming_normal_(mode='fan_out', nonlinearity='relu'), untruncated.
 KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def global_average_pool(x):
+  """(n, h, w, C) → (n, C), in float32 (float64 under float64 compute)."""
+  return x.astype(accumulation_dtype(x.dtype)).mean(axis=(1, 2))
 
 
 def conv(features: int, kernel: int, stride: int = 1, *, dtype: Any, name: str) -> nn.Conv:
@@ -203,4 +209,4 @@ class ResNet(nn.Module):
     norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
     x = ResNetTrunk(self.spec, norm, dtype=self.dtype, name='trunk')(x)
     x = last_stage(self.spec, norm, self.dtype, name='layer4')(x)
-    return x.astype(jnp.float32).mean(axis=(1, 2))
+    return global_average_pool(x)
