@@ -1,5 +1,6 @@
 # `make run`: install into .venv and run the main job on the embedded default dataset.
-# `make test`: install into .venv and run the test suite.
+# `make test`: install into .venv (with libtpu, for the compile-only TPU plan tests) and run
+#   the test suite.
 # `make test-repeat`: the equivalence tests (two layouts, processes or implementations of the
 #   same maths, `-m equivalence`) once per XLA flag set below, each of which changes XLA:CPU's
 #   code generation or threading and so the float summation order; all must pass.
@@ -13,13 +14,20 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
-.PHONY: install run test test-repeat
+# libtpu lets the TPU compiler run on this host (tests/test_plan.py); kept out of `make run`'s
+# install, where JAX would try (and fail, noisily) to start a TPU backend on a CPU machine.
+$(VENV)/.installed-tpu: $(VENV)/.installed
+	$(VENV)/bin/pip install --quiet -e '.[tpu]'
+	touch $@
+
+.PHONY: install install-tpu run test test-repeat
 install: $(VENV)/.installed
+install-tpu: $(VENV)/.installed-tpu
 
 run: install
 	$(VENV)/bin/python -m aah_jax.main --config=configs/default.py --workdir=$(WORKDIR)
 
-test: install
+test: install-tpu
 	$(VENV)/bin/python -m pytest -n 2 --dist loadfile tests
 
 REPEAT_XLA_FLAGS := '' '--xla_cpu_max_isa=AVX2' '--xla_cpu_max_isa=SSE4_2' \

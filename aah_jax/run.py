@@ -26,7 +26,7 @@ from aah_jax import adsh, checkpoint, convert, datasets, evaluation, files, inpu
 from aah_jax import mesh as mesh_lib
 from aah_jax import preemption, pretrained, report, run_log, train
 from aah_jax.mesh import to_host
-from aah_jax.models import A2NetPlusPlus, create_model
+from aah_jax.models import A2NetPlusPlus
 
 RESULTS_FILE = 'results.json'
 
@@ -131,15 +131,8 @@ def prepare(config: ml_collections.ConfigDict) -> Run:
   num_devices = jax.device_count()
   train.validate_config(config, num_devices)
   datasets.dataset_entry(config.dataset)  # an unknown dataset fails here
-  model = create_model(config.model)
-  if config.train.per_device_batch_norm:
-    model = model.clone(bn_groups=num_devices)
-  tc = config.train
-  schedule = train.Schedule(tc.num_iterations, tc.epochs * tc.num_samples // tc.batch_size,
-                            config.optim.learning_rate, config.optim.lr_decay_fraction,
-                            config.optim.lr_decay_factor)
-  return Run(config=config, mesh=mesh_lib.make_mesh(), model=model, schedule=schedule,
-             tx=train.make_optimizer(config.optim, schedule))
+  model, schedule, tx = train.network_and_optimizer(config, num_devices)
+  return Run(config=config, mesh=mesh_lib.make_mesh(), model=model, schedule=schedule, tx=tx)
 
 
 def sample_omega(seed: int, iteration: int, num_database: int, num_samples: int) -> np.ndarray:

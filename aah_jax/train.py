@@ -16,7 +16,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import optax
 
 from aah_jax import adsh, input_pipeline, losses
-from aah_jax.models import A2NetPlusPlus, init_variables
+from aah_jax.models import A2NetPlusPlus, create_model, init_variables
 from aah_jax.models.precision import accumulation_dtype
 
 
@@ -102,6 +102,18 @@ def make_optimizer(optim_config, schedule: Schedule) -> optax.GradientTransforma
       optax.add_decayed_weights(optim_config.weight_decay),
       optax.sgd(schedule.learning_rate_at, momentum=optim_config.momentum),
       scale_parameter_groups(dict(optim_config.lr_multipliers)))
+
+
+def network_and_optimizer(config, num_devices: int):
+  """(model, schedule, tx) of a config for a mesh of num_devices devices."""
+  model = create_model(config.model)
+  if config.train.per_device_batch_norm:
+    model = model.clone(bn_groups=num_devices)
+  tc = config.train
+  schedule = Schedule(tc.num_iterations, tc.epochs * tc.num_samples // tc.batch_size,
+                      config.optim.learning_rate, config.optim.lr_decay_fraction,
+                      config.optim.lr_decay_factor)
+  return model, schedule, make_optimizer(config.optim, schedule)
 
 
 def loss_weights(config) -> dict:

@@ -24,7 +24,6 @@ import functools
 from typing import Any, Optional
 
 import flax.linen as nn
-import jax
 from jax import lax
 import jax.numpy as jnp
 
@@ -130,8 +129,11 @@ def depthwise_by_shifts(x, kernel, stride: int):
 
 class DepthwiseConv(nn.Module):
   """k×k depthwise convolution, 'SAME' padding, no bias; the kernel is (k, k, 1, C) as
-  ``nn.Conv(C, feature_group_count=C)``'s. On CPU it runs as ``depthwise_by_shifts``,
-  elsewhere as XLA's grouped convolution (cuDNN/TPU kernels)."""
+  ``nn.Conv(C, feature_group_count=C)``'s. Compiled for CPU it runs as
+  ``depthwise_by_shifts``, for anything else as XLA's grouped convolution (cuDNN/TPU
+  kernels): the choice follows the platform the program is lowered for
+  (``lax.platform_dependent``), not the host's default backend, so a TPU program compiled
+  on a CPU host (aah-plan) is the one the pod runs."""
 
   kernel_size: int
   stride: int = 1
@@ -143,11 +145,11 @@ class DepthwiseConv(nn.Module):
     kernel = self.param('kernel', KAIMING_FAN_OUT,
                         (self.kernel_size, self.kernel_size, 1, channels), jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    if jax.default_backend() == 'cpu':
-      return depthwise_by_shifts(x, kernel, self.stride)
-    return lax.conv_general_dilated(x, kernel, (self.stride, self.stride), 'SAME',
-                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                    feature_group_count=channels)
+    shifts = functools.partial(depthwise_by_shifts, stride=self.stride)
+    grouped = functools.partial(lax.conv_general_dilated, window_strides=(self.stride,) * 2,
+                                padding='SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                feature_group_count=channels)
+    return lax.platform_dependent(x, kernel, cpu=shifts, default=grouped)
 
 
 class MBConvBlock(nn.Module):

@@ -1,0 +1,93 @@
+"""aah-plan: compile a config for a Cloud TPU topology on this host, and size it.
+
+    aah-plan --config=configs/cub200.py --topology=v5e:4x4 [--per_chip_batch=16]
+             [--per_chip_eval_batch=64] [--num_database=N] [--search_batch] [--out=plan.json]
+             [--config.FIELD=VALUE ...]
+
+Needs libtpu (pip install -e '.[tpu]'), not a TPU: the TPU compiler runs on this CPU.
+Compiles the train step, the DCC update and the encoder with the run's shardings and prints,
+per chip: memory (arguments, temporaries, outputs, aliased) against the chip's HBM, whether
+it fits, flops and bytes accessed, a roofline estimate of step time and images/s (an
+estimate from the compiler's counts and the chip's peak figures, not a measurement), the
+compile time and the collectives of the optimised HLO; with --search_batch also the largest
+per-chip train batch that fits. --out writes all of it as JSON.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from aah_jax import files, plan
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'ml_collections config file.', lock_config=True)
+flags.DEFINE_string('topology', None, 'TPU topology, GENERATION:SHAPE (v5e:2x2, v4:2x2x1, '
+                    'v5p:2x2x1, v6e:4x4, …).')
+flags.DEFINE_integer('per_chip_batch', 16, 'Training images per chip per step.')
+flags.DEFINE_integer('per_chip_eval_batch', 64, 'Encoder images per chip per call.')
+flags.DEFINE_integer('num_database', None, 'Database size N, where the dataset does not fix it.')
+flags.DEFINE_bool('search_batch', False, 'Also find the largest per-chip train batch that fits '
+                  '(2 to 4 more compiles of the step).')
+flags.DEFINE_string('out', None, 'Write the plan here as JSON.')
+flags.mark_flags_as_required(['config', 'topology'])
+
+
+def _size(num_bytes: float) -> str:
+  if num_bytes >= plan.GiB:
+    return f'{num_bytes / plan.GiB:.2f} GiB'
+  return f'{num_bytes / 2**20:.1f} MiB'
+
+
+def summary(report: dict) -> str:
+  chip = report['chip']
+  lines = [f'{report["topology"]}: {report["chips"]} × {chip["name"]} ({report["device_kind"]}, '
+           f'{_size(chip["hbm_bytes"])} HBM each, {report["devices_per_chip"]} device(s) per '
+           f'chip); {report["dataset"]}, N = '
+           f'{report["num_database"]:,}, {report["image_size"]} px, {report["model_dtype"]}, '
+           f'{report["per_chip_batch"]} images per chip (global batch {report["global_batch"]})']
+  for name, program in report['programs'].items():
+    memory = program['memory_per_device']
+    lines.append(
+        f'  {name}: {_size(memory["total"])} per device ({"fits" if program["fits"] else "DOES NOT FIT"}; '
+        f'arguments {_size(memory["arguments"])}, temporaries {_size(memory["temporaries"])}, '
+        f'outputs {_size(memory["outputs"])}, aliased {_size(memory["aliased"])}); '
+        f'{program["flops_per_device"] / 1e9:,.1f} GFLOP and '
+        f'{program["bytes_accessed_per_device"] / 1e9:,.2f} GB accessed per device; compiled in '
+        f'{program["compile_seconds"]:.0f} s')
+    estimate = f'    estimated {program["estimated_seconds"] * 1e3:,.2f} ms'
+    if program.get('estimated_images_per_second'):
+      estimate += f', {program["estimated_images_per_second"]:,.0f} images/s'
+    lines.append(estimate + ' (roofline estimate, not a measurement)')
+    used = {k: v for k, v in program['collectives'].items() if v['count']}
+    lines.append('    collectives: ' + (', '.join(
+        f'{k} ×{v["count"]} ({v["bytes"] / 2**20:,.2f} MiB)' for k, v in used.items()) or 'none'))
+  if 'largest_per_chip_batch' in report:
+    exact = report['largest_per_chip_batch_is_exact']
+    lines.append(f'  largest per-chip train batch that fits: '
+                 f'{"" if exact else "at least "}{report["largest_per_chip_batch"]}'
+                 f'{"" if exact else " (the search stopped before a batch that does not fit)"}')
+  return '\n'.join(lines)
+
+
+def main(argv):
+  del argv
+  try:
+    report = plan.plan(FLAGS.config, FLAGS.topology, FLAGS.per_chip_batch,
+                       FLAGS.per_chip_eval_batch, FLAGS.num_database)
+    if FLAGS.search_batch:
+      largest, exact = plan.largest_fitting_batch(FLAGS.config, FLAGS.topology, report,
+                                                  FLAGS.num_database)
+      report['largest_per_chip_batch'] = largest
+      report['largest_per_chip_batch_is_exact'] = exact
+  except plan.PlanError as error:
+    raise SystemExit(f'aah-plan: {error}') from error
+  print(summary(report))
+  if FLAGS.out:
+    files.write_json(FLAGS.out, report)
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()
