@@ -1,6 +1,7 @@
-"""Stopping at a step boundary on the preemption notice (SIGTERM).
+"""Stopping at a step boundary on the preemption notice (SIGTERM) or Ctrl-C (SIGINT).
 
-Single process: a SIGTERM handler sets a flag that the train loop reads after each step.
+Single process: a SIGTERM or SIGINT handler sets a flag that the train loop reads after each
+step; a second Ctrl-C stops at once (KeyboardInterrupt), as a user pressing it twice means.
 Several processes: every host must save the same step, so the decision goes through
 JAX's preemption sync point (the coordination service turns a SIGTERM on any host into
 the same answer on all of them at the same step).
@@ -22,22 +23,32 @@ class Preempted(Exception):
     self.step = step
 
 
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 class StopSignal:
-  """Context manager: inside it, SIGTERM asks the run to stop at the next step boundary."""
+  """Context manager: inside it, SIGTERM or SIGINT asks the run to stop at the next step
+  boundary (a second SIGINT interrupts at once)."""
 
   def __init__(self):
     self._requested = threading.Event()
-    self._previous = None
+    self._previous = {}
+
+  def _on_signal(self, signum, frame):
+    del frame
+    if signum == signal.SIGINT and self._requested.is_set():
+      raise KeyboardInterrupt  # the second Ctrl-C
+    self._requested.set()
 
   def __enter__(self):
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, lambda signum, frame: self._requested.set())
+      self._previous = {signum: signal.signal(signum, self._on_signal) for signum in SIGNALS}
     return self
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}
 
   def requested(self, step: int) -> bool:
     """Whether to save and stop after ``step`` (the same answer on every process)."""

@@ -15,7 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from aah_jax import run_log
+from aah_jax import preemption, run_log
 from configs import tiny
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -129,8 +129,9 @@ def test_logs_cover_every_step_and_iteration(tiny_run):
 
 
 def test_killed_and_preempted_run_continues_exactly(tiny_run, data_dir, tmp_path):
-  """SIGKILL at an arbitrary step, rerun, SIGTERM later, rerun to the end: the same
-  results.json (but for timings) and bit-identical parameters as without interruption."""
+  """SIGKILL at an arbitrary step, rerun, SIGTERM later, rerun, Ctrl-C (SIGINT) later, rerun
+  to the end: the same results.json (but for timings) and bit-identical parameters as
+  without interruption."""
   workdir = tmp_path / 'run'
   command = _train_command(workdir, data_dir)
 
@@ -144,6 +145,14 @@ def test_killed_and_preempted_run_continues_exactly(tiny_run, data_dir, tmp_path
   assert 'preempted' in pathlib.Path(f'{output}.out').read_text()
   saved = max(_checkpoint_steps(workdir))
   assert saved >= 250 and saved == _last_logged_step(workdir)  # at the next step boundary
+
+  output = tmp_path / 'interrupted'
+  code = _start_and_signal(command, workdir, 350, signal.SIGINT, output)
+  assert code == 0, pathlib.Path(f'{output}.err').read_text()[-4000:]
+  assert 'Traceback' not in pathlib.Path(f'{output}.err').read_text()
+  saved = max(_checkpoint_steps(workdir))
+  assert saved >= 350 and saved == _last_logged_step(workdir)
+  assert not [p.name for p in (workdir / 'checkpoints').iterdir() if 'tmp' in p.name]
 
   finished = _run(command)
   assert finished.returncode == 0, finished.stderr[-4000:]
@@ -163,6 +172,16 @@ def test_killed_and_preempted_run_continues_exactly(tiny_run, data_dir, tmp_path
     np.testing.assert_array_equal(flat_actual[key], value, err_msg=key)
   # The logs read as one run: every step once, in order.
   assert [r['step'] for r in run_log.read_metrics(workdir, 'step')] == list(range(1, 451))
+
+
+def test_a_second_ctrl_c_interrupts_at_once():
+  before = signal.getsignal(signal.SIGINT)
+  with preemption.StopSignal() as stop:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert stop.requested(0)  # the first asks for a save at the next step boundary
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+  assert signal.getsignal(signal.SIGINT) is before  # restored
 
 
 def jax_leaves(tree) -> dict:
