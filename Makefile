@@ -7,6 +7,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 WORKDIR ?= runs/default
+PYTEST := $(VENV)/bin/python -m pytest -n 2 --dist loadfile
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +29,7 @@ run: install
 	$(VENV)/bin/python -m aah_jax.main --config=configs/default.py --workdir=$(WORKDIR)
 
 test: install-tpu
-	$(VENV)/bin/python -m pytest -n 2 --dist loadfile tests
+	$(PYTEST) tests
 
 REPEAT_XLA_FLAGS := '' '--xla_cpu_max_isa=AVX2' '--xla_cpu_max_isa=SSE4_2' \
 	'--xla_cpu_multi_thread_eigen=false'
@@ -36,6 +37,5 @@ REPEAT_XLA_FLAGS := '' '--xla_cpu_max_isa=AVX2' '--xla_cpu_max_isa=SSE4_2' \
 test-repeat: install
 	@for flags in $(REPEAT_XLA_FLAGS); do \
 	  echo "== XLA_FLAGS='$$flags'"; \
-	  XLA_FLAGS="$$flags" $(VENV)/bin/python -m pytest -q -n 2 --dist loadfile -m equivalence tests \
-	    || exit 1; \
+	  XLA_FLAGS="$$flags" $(PYTEST) -q -m equivalence tests || exit 1; \
 	done

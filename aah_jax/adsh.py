@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from aah_jax.codes import hash_codes
+from aah_jax.models.precision import accumulation_dtype
 
 
 def share_label(labels_a, labels_b):
@@ -70,7 +71,7 @@ def dcc_update(B, U, omega, S, gamma):
     (N, k) codes in {−1, +1}, float32 (float64 when U is). Rows are independent given
     U, so B, S's columns and the result may be sharded over the database axis.
   """
-  dtype = jnp.promote_types(U.dtype, jnp.float32)
+  dtype = accumulation_dtype(U.dtype)
   B = B.astype(dtype)
   U = U.astype(dtype)
   k = U.shape[1]

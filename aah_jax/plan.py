@@ -21,10 +21,11 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 import numpy as np
 
 from aah_jax import datasets, evaluation, train
+from aah_jax import mesh as mesh_lib
 from aah_jax.datasets.synthetic_birds import AahSyntheticBirds
 
 GiB = 2 ** 30
@@ -120,7 +121,7 @@ def _programs(config, mesh, per_device_batch: int, per_device_eval_batch: int,
   devices = mesh.size
   model, schedule, tx = train.network_and_optimizer(config, devices)
   tc = config.train
-  replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  replicated, rows = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
   labels = jnp.zeros((num_database,) + label_shape, jnp.int32)
   state = _abstract(jax.eval_shape(functools.partial(
       train.init_state, model=model, tx=tx, image_size=config.image_size, db_labels=labels,
@@ -160,7 +161,7 @@ def collectives(hlo_text: str) -> dict:
   for line in hlo_text.splitlines():
     if '=' not in line:
       continue
-    lhs, rhs = line.split('=', 1)
+    rhs = line.split('=', 1)[1]
     for name in COLLECTIVES:
       match = re.search(r'\s' + name + r'(-start)?\(', rhs)
       if match:
