@@ -1,17 +1,19 @@
 """Compile-only plans for accelerators this host does not have.
 
 libtpu's compile-only devices (``jax.experimental.topologies``) let the real TPU compiler
-build a config's programs for a named topology on a CPU machine. ``plan`` compiles the
-train step, the DCC update and the encoder over a 1-D 'data' mesh of those devices, with
-the shardings the run uses, and reports per device (a chip, or a TensorCore where libtpu
-lists cores): memory against the device's HBM, flops and
-bytes accessed (the compiler's counts), a roofline estimate of the step time, the compile
-time and the collectives of the optimised HLO. Every number but the estimate is compiler
-output; the estimate is max(flops / peak, bytes / bandwidth), not a measurement.
+build a config's programs for a named topology on a CPU machine; the CUDA plugin does the
+same for NVIDIA GPUs described by a ``GpuTargetConfigProto`` (``gpu_targets/``). ``plan``
+compiles the train step, the DCC update and the encoder over a 1-D 'data' mesh of those
+devices, with the shardings the run uses, and reports per device (a chip or GPU, or a
+TensorCore where libtpu lists cores): memory against the device's HBM, flops and bytes
+accessed (the compiler's counts), a roofline estimate of the step time, the compile time and
+the collectives of the optimised HLO. Every number but the estimate is compiler output; the
+estimate is max(flops / peak, bytes / bandwidth), not a measurement.
 """
 
 import dataclasses
 import functools
+import importlib.resources
 import importlib.util
 import math
 import os
@@ -27,6 +29,7 @@ import numpy as np
 from aah_jax import datasets, evaluation, train
 from aah_jax import mesh as mesh_lib
 from aah_jax.datasets.synthetic_birds import AahSyntheticBirds
+from aah_jax.models import precision
 
 GiB = 2 ** 30
 
@@ -42,8 +45,10 @@ class Chip:
   name: str
   hbm_bytes: int
   peak_flops: float  # bf16 dense, per chip
+  peak_flops_float32: float  # what float32 convolutions and matmuls run at by default
   hbm_bytes_per_second: float
   source: str
+  target_config: Optional[str] = None  # GPUs: the GpuTargetConfigProto in gpu_targets/
 
 
 # Per-chip figures from Google's Cloud TPU system-architecture pages (checked 2026-12):
@@ -51,12 +56,28 @@ class Chip:
 # on TPU at its default precision as single bf16 passes, so the bf16 peak is the ceiling
 # for both dtypes.
 TPU_CHIPS = {
-    'v4': Chip('TPU v4', 32 * GiB, 275e12, 1200e9, 'https://cloud.google.com/tpu/docs/v4'),
-    'v5e': Chip('TPU v5e', 16 * GiB, 197e12, 819e9, 'https://cloud.google.com/tpu/docs/v5e'),
-    'v5p': Chip('TPU v5p', 95 * GiB, 459e12, 2765e9, 'https://cloud.google.com/tpu/docs/v5p'),
-    'v6e': Chip('TPU v6e', 32 * GiB, 918e12, 1640e9, 'https://cloud.google.com/tpu/docs/v6e'),
+    name: Chip(f'TPU {name}', hbm_gib * GiB, peak, peak, bandwidth,
+               f'https://cloud.google.com/tpu/docs/{name}')
+    for name, hbm_gib, peak, bandwidth in [('v4', 32, 275e12, 1200e9),
+                                           ('v5e', 16, 197e12, 819e9),
+                                           ('v5p', 95, 459e12, 2765e9),
+                                           ('v6e', 32, 918e12, 1640e9)]
 }
 
+# NVIDIA data sheets (A100: nvidia.com/en-us/data-center/a100, H100 and H200:
+# nvidia.com/en-us/data-center/h100, /h200; dense, without sparsity): peak bf16 tensor-core
+# FLOP/s, and TF32 for float32 (XLA's default precision lets cuBLAS/cuDNN use TF32 on these
+# GPUs). Memory size and bandwidth as in each GPU's target config (openxla/xla's specs).
+GPU_CHIPS = {
+    'a100': Chip('NVIDIA A100 SXM 80GB', 85_100_068_864, 312e12, 156e12, 2039e9,
+                 'https://www.nvidia.com/en-us/data-center/a100/', 'a100_sxm_80.txtpb'),
+    'h100': Chip('NVIDIA H100 SXM 80GB', 84_942_979_072, 989e12, 495e12, 3352e9,
+                 'https://www.nvidia.com/en-us/data-center/h100/', 'h100_sxm.txtpb'),
+    'h200': Chip('NVIDIA H200 141GB', 151_397_597_184, 989e12, 495e12, 4800e9,
+                 'https://www.nvidia.com/en-us/data-center/h200/', 'h200.txtpb'),
+}
+
+PROGRAMS = ('train_step', 'dcc_update', 'encoder')
 COLLECTIVES = ('all-reduce', 'all-gather', 'reduce-scatter', 'collective-permute', 'all-to-all')
 _DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2, 's32': 4,
                 'u32': 4, 'f32': 4, 's64': 8, 'u64': 8, 'f64': 8, 'c64': 8, 'c128': 16}
@@ -67,14 +88,19 @@ _SHAPE = re.compile(r'\b(' + '|'.join(_DTYPE_BYTES) + r')\[([0-9,]*)\]')
 
 
 def topology_devices(name: str):
-  """(compile-only devices, Chip) of a TPU topology name such as 'v5e:2x2' or 'v4:2x2x1'.
-  A device is a chip, or one TensorCore of it where libtpu lists cores (v4: two per chip)."""
+  """(compile-only devices, Chip) of a topology name: a TPU one such as 'v5e:2x2' or
+  'v4:2x2x1' (a device is a chip, or one TensorCore of it where libtpu lists cores: v4 has
+  two per chip), or a GPU one, GPU:PARTITIONSxHOSTSxDEVICES such as 'h100:1x1x8' (a device is
+  a GPU)."""
   generation = name.split(':')[0]
-  if generation not in TPU_CHIPS or ':' not in name:
+  if ':' not in name or generation not in {**TPU_CHIPS, **GPU_CHIPS}:
     raise PlanError(f'--topology={name!r}: expected GENERATION:SHAPE with GENERATION one of '
-                    f'{sorted(TPU_CHIPS)} (e.g. v5e:2x2, v4:2x2x1, v5p:2x2x1)')
+                    f'{sorted(TPU_CHIPS)} (e.g. v5e:2x2, v4:2x2x1, v5p:2x2x1) or of '
+                    f'{sorted(GPU_CHIPS)} (partitions x hosts x GPUs per host, e.g. h100:1x1x8)')
+  if generation in GPU_CHIPS:
+    return _gpu_devices(name, GPU_CHIPS[generation]), GPU_CHIPS[generation]
   if importlib.util.find_spec('libtpu') is None:
-    raise PlanError('compiling for TPU needs libtpu on this host: pip install -e ".[tpu]"')
+    raise PlanError('compiling for TPU needs libtpu on this host: pip install -e ".[plan]"')
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   # Compile-only use needs no exclusive hold on a TPU: without this, libtpu's lock file lets
   # one process on the host plan at a time.
@@ -85,6 +111,31 @@ def topology_devices(name: str):
     raise PlanError(f'--topology={name!r} is not a topology libtpu can compile for: '
                     f'{str(error).splitlines()[0]}') from error
   return list(description.devices), TPU_CHIPS[generation]
+
+
+def _gpu_devices(name: str, chip: Chip):
+  shape = name.split(':', 1)[1]
+  if not re.fullmatch(r'[1-9][0-9]*x[1-9][0-9]*x[1-9][0-9]*', shape):
+    raise PlanError(f'--topology={name!r}: a GPU topology is PARTITIONSxHOSTSxGPUS_PER_HOST, '
+                    f'e.g. h100:1x1x8 (one host of 8) or h100:1x4x8 (4 hosts of 8)')
+  if importlib.util.find_spec('jax_plugins.xla_cuda12') is None:
+    raise PlanError('compiling for NVIDIA GPUs needs the CUDA plugin on this host (no GPU or '
+                    'CUDA libraries needed): pip install -e ".[plan]"')
+  # The plugin registers itself only if its CUDA version check passes or is skipped; on a
+  # planning host without CUDA it must be skipped (JAX_PLATFORMS=cpu also skips it).
+  os.environ.setdefault('JAX_SKIP_CUDA_CONSTRAINTS_CHECK', '1')
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  target = importlib.resources.files('aah_jax') / 'gpu_targets' / chip.target_config
+  try:
+    description = topologies.get_topology_desc(platform='cuda', topology_name='',
+                                               topology=shape, target_config=target.read_text())
+  except NotImplementedError as error:
+    raise PlanError(f'--topology={name!r}: JAX started before the CUDA plugin could register '
+                    f'for compile-only use; run with JAX_PLATFORMS=cpu') from error
+  except Exception as error:
+    raise PlanError(f'--topology={name!r} is not a topology the CUDA plugin can compile for: '
+                    f'{str(error).splitlines()[0]}') from error
+  return list(description.devices)
 
 
 # ----------------------------------------------------------------------------- the database
@@ -156,8 +207,11 @@ def _programs(config, mesh, per_device_batch: int, per_device_eval_batch: int,
 
 def collectives(hlo_text: str) -> dict:
   """Count and bytes (of each op's result, per device) of every collective in optimised HLO.
-  An asynchronous pair (…-start / …-done) counts once, at its start."""
+  An asynchronous pair (…-start / …-done) counts once, at its start; so does one collective
+  the TPU compiler splits into a chain of pieces inside collective fusions (the pieces share
+  its channel_id; counted once, at the largest piece's bytes)."""
   found = {name: {'count': 0, 'bytes': 0} for name in COLLECTIVES}
+  channels = {}  # (name, channel_id) → bytes of the largest piece seen
   for line in hlo_text.splitlines():
     if '=' not in line:
       continue
@@ -165,10 +219,18 @@ def collectives(hlo_text: str) -> dict:
     for name in COLLECTIVES:
       match = re.search(r'\s' + name + r'(-start)?\(', rhs)
       if match:
-        result_type = rhs[:match.start()]
-        found[name]['count'] += 1
-        found[name]['bytes'] += _result_bytes(result_type, started=bool(match.group(1)), op=name)
+        size = _result_bytes(rhs[:match.start()], started=bool(match.group(1)), op=name)
+        channel = re.search(r'\bchannel_id=(\d+)', rhs)
+        if channel is None:
+          found[name]['count'] += 1
+          found[name]['bytes'] += size
+        else:
+          key = (name, channel.group(1))
+          channels[key] = max(channels.get(key, 0), size)
         break
+  for (name, _), size in channels.items():
+    found[name]['count'] += 1
+    found[name]['bytes'] += size
   return found
 
 
@@ -182,17 +244,26 @@ def _result_bytes(result_type: str, started: bool, op: str) -> int:
   return int(sum(sizes))
 
 
-def analyse(compiled, chip: Chip, images: Optional[int]) -> dict:
+def analyse(compiled, chip: Chip, images: Optional[int], dtype: str,
+            fallback_cost: Optional[dict] = None) -> dict:
   """Per-device memory, compiler counts and the roofline estimate of one compiled program
-  (chip: the share of a chip one device has)."""
+  (chip: the share of a chip one device has; dtype: the network's compute dtype, which
+  picks the peak). The GPU compiler counts nothing: fallback_cost then gives the flops (of
+  the same program at the per-device batch, from XLA's cost analysis before optimisation),
+  no bytes are known and the estimate is flops / peak alone, a lower bound."""
   memory = compiled.memory_analysis()
   arguments, outputs = memory.argument_size_in_bytes, memory.output_size_in_bytes
   aliased, temporaries = memory.alias_size_in_bytes, memory.temp_size_in_bytes
   total = arguments + outputs - aliased + temporaries
   cost = compiled.cost_analysis()
-  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
-  flops, accessed = float(cost.get('flops', 0.0)), float(cost.get('bytes accessed', 0.0))
-  seconds = max(flops / chip.peak_flops, accessed / chip.hbm_bytes_per_second)
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  counted_by = 'compiler'
+  if not cost:
+    cost, counted_by = {'flops': (fallback_cost or {}).get('flops', 0.0)}, 'unoptimised HLO'
+  flops = float(cost.get('flops', 0.0))
+  accessed = cost.get('bytes accessed')
+  peak = chip.peak_flops if dtype == 'bfloat16' else chip.peak_flops_float32
+  seconds = max(flops / peak, float(accessed or 0.0) / chip.hbm_bytes_per_second)
   result = {
       'memory_per_device': {'arguments': arguments, 'outputs': outputs, 'aliased': aliased,
                           'temporaries': temporaries, 'total': total,
@@ -200,14 +271,28 @@ def analyse(compiled, chip: Chip, images: Optional[int]) -> dict:
       'hbm_per_device': chip.hbm_bytes,
       'fits': total <= chip.hbm_bytes,
       'flops_per_device': flops,
-      'bytes_accessed_per_device': accessed,
+      'flops_counted_by': counted_by,
+      'bytes_accessed_per_device': None if accessed is None else float(accessed),
+      'peak_flops_per_device': peak,
       'estimated_seconds': seconds,
+      'estimate_is_lower_bound': accessed is None,
       'collectives': collectives(compiled.as_text()),
   }
   if images:
     result['images'] = images
     result['estimated_images_per_second'] = images / seconds if seconds else None
   return result
+
+
+def one_device_costs(config, per_device_batch: int, per_device_eval_batch: int,
+                     num_database: int, label_shape: tuple[int, ...]) -> dict:
+  """name → XLA's cost analysis of each program lowered for one CPU device at the per-device
+  batch (unoptimised HLO; flops are those of the data-parallel program per device)."""
+  mesh = Mesh(np.array(jax.devices('cpu')[:1]), ('data',))
+  programs = _programs(config, mesh, per_device_batch, per_device_eval_batch, num_database,
+                       label_shape)
+  return {name: function.lower(*arguments).cost_analysis() or {}
+          for name, (function, arguments, _) in programs.items()}
 
 
 def compile_program(function, arguments):
@@ -231,8 +316,13 @@ def plan(config, topology: str, per_chip_batch: int = 16, per_chip_eval_batch: i
                     f'multiples of {per_chip} (got {per_chip_batch}, {per_chip_eval_batch})')
   share = dataclasses.replace(chip, hbm_bytes=chip.hbm_bytes // per_chip,
                               peak_flops=chip.peak_flops / per_chip,
+                              peak_flops_float32=chip.peak_flops_float32 / per_chip,
                               hbm_bytes_per_second=chip.hbm_bytes_per_second / per_chip)
+  unknown = set(only or ()) - set(PROGRAMS)
+  if unknown:
+    raise PlanError(f'--programs: {sorted(unknown)} not among {list(PROGRAMS)}')
   num_database, label_shape = database_shape(config, num_database)
+  config = precision.resolve_config(config, devices[0].platform)  # as the pod's run decides
   mesh = Mesh(np.array(devices), ('data',))
   programs = _programs(config, mesh, per_chip_batch // per_chip, per_chip_eval_batch // per_chip,
                        num_database, label_shape)
@@ -244,6 +334,7 @@ def plan(config, topology: str, per_chip_batch: int = 16, per_chip_eval_batch: i
             'image_size': config.image_size, 'programs': {},
             'note': 'estimated_* are roofline estimates from the compiler\'s flop and byte '
                     'counts and the chip\'s peak figures, not measurements'}
+  fallback = None
   for name, (function, arguments, images) in programs.items():
     if only and name not in only:
       continue
@@ -252,7 +343,12 @@ def plan(config, topology: str, per_chip_batch: int = 16, per_chip_eval_batch: i
     except Exception as error:
       raise PlanError(f'{name} of config.dataset={config.dataset!r} did not compile for '
                       f'{topology}: {str(error).splitlines()[0]}') from error
-    report['programs'][name] = dict(analyse(compiled, share, images), compile_seconds=seconds)
+    if not compiled.cost_analysis() and fallback is None:  # the GPU compiler counts nothing
+      fallback = one_device_costs(config, per_chip_batch // per_chip,
+                                  per_chip_eval_batch // per_chip, num_database, label_shape)
+    report['programs'][name] = dict(
+        analyse(compiled, share, images, config.model.dtype, (fallback or {}).get(name)),
+        compile_seconds=seconds)
     if keep_compiled:
       report.setdefault('compiled', {})[name] = compiled
   return report

@@ -26,7 +26,7 @@ from aah_jax import adsh, checkpoint, convert, datasets, evaluation, files, inpu
 from aah_jax import mesh as mesh_lib
 from aah_jax import preemption, pretrained, report, run_log, train
 from aah_jax.mesh import to_host
-from aah_jax.models import A2NetPlusPlus
+from aah_jax.models import A2NetPlusPlus, precision
 
 RESULTS_FILE = 'results.json'
 
@@ -127,7 +127,9 @@ class Run:
 
 
 def prepare(config: ml_collections.ConfigDict) -> Run:
-  """Checks the config and builds the mesh, network and optimiser (no data read yet)."""
+  """Checks the config and builds the mesh, network and optimiser (no data read yet); the
+  run's config has its 'auto' dtypes decided for the platform of this host's devices."""
+  config = precision.resolve_config(config, jax.devices()[0].platform)
   num_devices = jax.device_count()
   train.validate_config(config, num_devices)
   datasets.dataset_entry(config.dataset)  # an unknown dataset fails here
@@ -205,8 +207,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   start_time = time.time()
   is_main = jax.process_index() == 0
-  tc, cc = config.train, config.checkpoint
   run = prepare(config)
+  config = run.config  # dtypes decided
+  tc, cc = config.train, config.checkpoint
   ckpts = checkpoint.RunCheckpoints(workdir, keep=cc.keep, async_save=cc.async_save)
   if ckpts.latest_step() is None:  # a fresh start needs the pretrained weights (the tools don't)
     pretrained.check(config.model.get('pretrained'))

@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from aah_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
-from aah_jax.models import create_model  # pylint: disable=g-import-not-at-top,wrong-import-position
+from aah_jax.models import create_model, precision  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import cub200  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
@@ -40,6 +40,7 @@ def peak_bytes(bits: int, batch: int, remat: bool) -> tuple[int, float]:
   config = cub200.get_config()
   config.bits = bits
   config.model.remat_local_stage = remat
+  config = precision.resolve_config(config, jax.devices()[0].platform)
   model = create_model(config.model)
   schedule = train.Schedule(40, 125, 1e-4, 0.9, 0.1)
   tx = train.make_optimizer(config.optim, schedule)

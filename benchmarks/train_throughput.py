@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from aah_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
-from aah_jax.models import create_model  # pylint: disable=g-import-not-at-top,wrong-import-position
+from aah_jax.models import create_model, precision  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import cub200, default  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
@@ -187,6 +187,7 @@ def jax_step_fn(backbone: str, bits: int, batch: int, size: int):
   config.bits = bits
   config.model.backbone = backbone
   config.model.use_image_decoder = False
+  config = precision.resolve_config(config, jax.devices()[0].platform)
   model = create_model(config.model)
   schedule = train.Schedule(40, 100, 1e-4, 0.9, 0.1)
   tx = train.make_optimizer(config.optim, schedule)

@@ -26,7 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.num_threads = 2  # reader threads
   config.data.num_workers = 0  # reader processes (0: threads in this process only)
   config.data.prefetch = 2  # global batches copied to the devices ahead of the step
-  config.data.image_dtype = 'float32'  # or 'bfloat16': the images the pipeline delivers
+  # The images the pipeline delivers: 'float32', 'bfloat16', or 'auto' (bfloat16 on TPU,
+  # float32 elsewhere; aah_jax/models/precision.py says why).
+  config.data.image_dtype = 'auto'
 
   config.model = ml_collections.ConfigDict()
   config.model.backbone = 'small_cnn'
@@ -38,7 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.embed_dim = 512
   config.model.generator_base_channels = 64
   config.model.bn_groups = 1
-  config.model.dtype = 'float32'  # or 'bfloat16': convolutions and matmuls of the backbone
+  # Convolutions and matmuls of the network: 'float32', 'bfloat16', 'float64' (a CPU
+  # reference) or 'auto' (bfloat16 on TPU, float32 elsewhere), decided when the run starts.
+  config.model.dtype = 'auto'
   config.model.remat_local_stage = False  # recompute the local stage-4 path in backward
   # A converted ImageNet backbone (aah-convert) for the trunk and both last-stage copies.
   config.model.pretrained = ml_collections.FieldReference(None, field_type=str)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from aah_jax.models import create_model
+from aah_jax.models import create_model, precision
 
 CONFIGS = ['default', 'tiny', 'default_pretrained', 'cub200', 'aircraft', 'food101', 'nabirds',
            'vegfru', 'stanford_dogs', 'cifar10', 'nuswide']
@@ -16,7 +16,8 @@ PAPER = {'cub200': (40, 2000), 'aircraft': (40, 2000), 'food101': (50, 2000),
 
 @pytest.mark.parametrize('name', CONFIGS)
 def test_config_builds_its_network(name):
-  config = importlib.import_module(f'configs.{name}').get_config()
+  config = precision.resolve_config(importlib.import_module(f'configs.{name}').get_config(),
+                                    'cpu')
   model = create_model(config.model)
   shape = jax.ShapeDtypeStruct((2, config.image_size, config.image_size, 3), jnp.float32)
   out = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x, train=True)[0],

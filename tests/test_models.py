@@ -301,3 +301,20 @@ def test_transposed_conv_matches_pytorch_definition():
   # Each output sums at most 2 channels × 2 × 2 overlapping taps = 8 float32 products.
   bound = summation_bound(8, 8 * np.abs(x).max() * np.abs(kernel).max())
   np.testing.assert_allclose(layer.apply(variables, x), want, rtol=0, atol=bound)
+
+
+def test_auto_dtypes_are_decided_for_the_platform():
+  from aah_jax.models import precision  # pylint: disable=g-import-not-at-top
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  config = tiny.get_config()
+  assert (config.model.dtype, config.data.image_dtype) == ('auto', 'auto')
+  decided = {platform: precision.resolve_config(config, platform)
+             for platform in ('cpu', 'gpu', 'tpu')}
+  assert (decided['tpu'].model.dtype, decided['tpu'].data.image_dtype) == ('bfloat16',) * 2
+  for platform in ('cpu', 'gpu'):
+    assert (decided[platform].model.dtype, decided[platform].data.image_dtype) == ('float32',) * 2
+  assert config.model.dtype == 'auto'  # the caller's config is left as it was
+  config.model.dtype, config.data.image_dtype = 'float32', 'bfloat16'  # explicit: kept
+  assert precision.resolve_config(config, 'tpu') is config
+  with pytest.raises(ValueError, match='resolve_config'):
+    precision.compute_dtype('auto')

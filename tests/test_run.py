@@ -105,6 +105,9 @@ def test_tiny_config_trains_end_to_end(tiny_run):
   assert [h['phase'] for h in results['history']] == [1] * 5 + [2] * 5
   assert results['num_database'] == 960 and results['num_queries'] == 240
   assert results['num_devices'] == 1 and results['config']['bits'] == 12
+  # 'auto' dtypes are decided when the run starts and recorded as decided (CPU: float32).
+  assert results['config']['model']['dtype'] == results['config']['data']['image_dtype'] == (
+      'float32')
   # 48 classes: random codes score about 0.027 here (seeded: the same on every machine).
   # Training must clear that by far, on any machine: the trajectory moves with the CPU's
   # summation order as it does with the seed: seeds 0-3, a 2-device layout and AVX2 code gave

@@ -10,7 +10,7 @@ import pytest
 
 from aah_jax import adsh, input_pipeline, train
 from aah_jax.datasets import bird_renderer
-from aah_jax.models import create_model, init_variables
+from aah_jax.models import create_model, init_variables, precision
 from configs import tiny
 from tolerances import EPS32
 
@@ -20,7 +20,7 @@ BATCH = 64  # 8 images per device: per-device BatchNorm statistics stay well con
 
 def _step_kwargs(bn_groups=1, **model_fields) -> dict:
   """The train step's static arguments for configs/tiny.py with these model fields."""
-  config = tiny.get_config()
+  config = precision.resolve_config(tiny.get_config(), 'cpu')
   config.model.bn_groups = bn_groups
   config.model.update(model_fields)
   schedule = train.Schedule(4, 2, 0.005, 0.9, 0.1)

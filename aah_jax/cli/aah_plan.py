@@ -1,10 +1,14 @@
-"""aah-plan: compile a config for a Cloud TPU topology on this host, and size it.
+"""aah-plan: compile a config for a Cloud TPU topology or GPU nodes on this host, and size it.
 
     aah-plan --config=configs/cub200.py --topology=v5e:4x4 [--per_chip_batch=16]
              [--per_chip_eval_batch=64] [--num_database=N] [--search_batch] [--out=plan.json]
+             [--programs=train_step,dcc_update,encoder] [--hlo_dir=DIR]
              [--config.FIELD=VALUE ...]
 
-Needs libtpu (pip install -e '.[tpu]'), not a TPU: the TPU compiler runs on this CPU.
+Needs libtpu and the CUDA plugin (pip install -e '.[plan]'), not a TPU or GPU: the TPU and
+GPU compilers run on this CPU. GPU topologies are GPU:PARTITIONSxHOSTSxGPUS_PER_HOST
+(h100:1x1x8, a100:1x2x8, h200:1x1x8); the GPU compiler counts no bytes, so their estimate
+is flops / peak alone, a lower bound.
 Compiles the train step, the DCC update and the encoder with the run's shardings and prints,
 per chip: memory (arguments, temporaries, outputs, aliased) against the chip's HBM, whether
 it fits, flops and bytes accessed, a roofline estimate of step time and images/s (an
@@ -13,21 +17,32 @@ compile time and the collectives of the optimised HLO; with --search_batch also 
 per-chip train batch that fits. --out writes all of it as JSON.
 """
 
-from absl import app, flags
-from ml_collections import config_flags
+import os
 
-from aah_jax import files, plan
+# The programs are compiled for compile-only devices, never run here: JAX itself needs only
+# the CPU (and so the CUDA plugin skips its check for CUDA libraries this host need not have).
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ml_collections import config_flags  # pylint: disable=wrong-import-position
+
+from aah_jax import files, plan  # pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'ml_collections config file.', lock_config=True)
 flags.DEFINE_string('topology', None, 'TPU topology, GENERATION:SHAPE (v5e:2x2, v4:2x2x1, '
-                    'v5p:2x2x1, v6e:4x4, …).')
+                    'v5p:2x2x1, v6e:4x4, …), or GPU:PARTITIONSxHOSTSxGPUS (h100:1x1x8, '
+                    'a100:1x2x8, h200:1x1x8).')
 flags.DEFINE_integer('per_chip_batch', 16, 'Training images per chip per step.')
 flags.DEFINE_integer('per_chip_eval_batch', 64, 'Encoder images per chip per call.')
 flags.DEFINE_integer('num_database', None, 'Database size N, where the dataset does not fix it.')
 flags.DEFINE_bool('search_batch', False, 'Also find the largest per-chip train batch that fits '
                   '(2 to 4 more compiles of the step).')
+flags.DEFINE_list('programs', list(plan.PROGRAMS), 'Which programs to compile, of '
+                  f'{", ".join(plan.PROGRAMS)}.')
 flags.DEFINE_string('out', None, 'Write the plan here as JSON.')
+flags.DEFINE_string('hlo_dir', None, 'Also write each program\'s optimised HLO here, as '
+                    'NAME.hlo.txt (the folder appears complete or not at all).')
 flags.mark_flags_as_required(['config', 'topology'])
 
 
@@ -46,17 +61,21 @@ def summary(report: dict) -> str:
            f'{report["per_chip_batch"]} images per chip (global batch {report["global_batch"]})']
   for name, program in report['programs'].items():
     memory = program['memory_per_device']
+    fits = 'fits' if program['fits'] else 'DOES NOT FIT'
     lines.append(
-        f'  {name}: {_size(memory["total"])} per device ({"fits" if program["fits"] else "DOES NOT FIT"}; '
+        f'  {name}: {_size(memory["total"])} per device ({fits}; '
         f'arguments {_size(memory["arguments"])}, temporaries {_size(memory["temporaries"])}, '
         f'outputs {_size(memory["outputs"])}, aliased {_size(memory["aliased"])}); '
-        f'{program["flops_per_device"] / 1e9:,.1f} GFLOP and '
-        f'{program["bytes_accessed_per_device"] / 1e9:,.2f} GB accessed per device; compiled in '
-        f'{program["compile_seconds"]:.0f} s')
-    estimate = f'    estimated {program["estimated_seconds"] * 1e3:,.2f} ms'
+        f'{program["flops_per_device"] / 1e9:,.1f} GFLOP ({program["flops_counted_by"]}) and '
+        + ('no byte count' if program['bytes_accessed_per_device'] is None else
+           f'{program["bytes_accessed_per_device"] / 1e9:,.2f} GB accessed')
+        + f' per device; compiled in {program["compile_seconds"]:.0f} s')
+    estimate = f"    estimated {program['estimated_seconds'] * 1e3:,.3g} ms"
     if program.get('estimated_images_per_second'):
       estimate += f', {program["estimated_images_per_second"]:,.0f} images/s'
-    lines.append(estimate + ' (roofline estimate, not a measurement)')
+    lines.append(estimate + (' (flops / peak: a lower bound, not a measurement)'
+                             if program['estimate_is_lower_bound'] else
+                             ' (roofline estimate, not a measurement)'))
     used = {k: v for k, v in program['collectives'].items() if v['count']}
     lines.append('    collectives: ' + (', '.join(
         f'{k} ×{v["count"]} ({v["bytes"] / 2**20:,.2f} MiB)' for k, v in used.items()) or 'none'))
@@ -70,9 +89,12 @@ def summary(report: dict) -> str:
 
 def main(argv):
   del argv
+  if FLAGS.search_batch and 'train_step' not in FLAGS.programs:
+    raise SystemExit('aah-plan: --search_batch needs train_step among --programs')
   try:
     report = plan.plan(FLAGS.config, FLAGS.topology, FLAGS.per_chip_batch,
-                       FLAGS.per_chip_eval_batch, FLAGS.num_database)
+                       FLAGS.per_chip_eval_batch, FLAGS.num_database,
+                       only=tuple(FLAGS.programs), keep_compiled=bool(FLAGS.hlo_dir))
     if FLAGS.search_batch:
       largest, exact = plan.largest_fitting_batch(FLAGS.config, FLAGS.topology, report,
                                                   FLAGS.num_database)
@@ -80,7 +102,14 @@ def main(argv):
       report['largest_per_chip_batch_is_exact'] = exact
   except plan.PlanError as error:
     raise SystemExit(f'aah-plan: {error}') from error
+  compiled = report.pop('compiled', {})
   print(summary(report))
+  if FLAGS.hlo_dir:
+    staging = files.staging_folder(FLAGS.hlo_dir)
+    for name, executable in compiled.items():
+      with open(os.path.join(staging, f'{name}.hlo.txt'), 'w') as f:
+        f.write(executable.as_text())
+    files.publish_folder(staging, FLAGS.hlo_dir)
   if FLAGS.out:
     files.write_json(FLAGS.out, report)
 
