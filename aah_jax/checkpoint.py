@@ -10,19 +10,32 @@ and the step count, so state + progress continue a run bit for bit.
 orbax writes each step into a temporary directory and renames it when complete, so a
 run killed mid-save leaves the previous checkpoints intact and no partial step behind.
 Kept: the latest ``keep`` steps plus the one with the best ``map_learned_db``.
+
+A step that cannot be read (damaged on disk: random bytes, a truncated array file) raises
+``DamagedCheckpoint`` naming the step and the file or item; ``newest_intact`` falls back to
+the newest step that reads, saying so in the log. A training run then moves the damaged
+step to ``WORKDIR/damaged_checkpoints/<step>`` (kept for inspection, out of the way of the
+steps it saves next); the read-only tools leave it where it is.
 """
 
 import logging as py_logging
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 CHECKPOINT_DIR = 'checkpoints'
+DAMAGED_DIR = 'damaged_checkpoints'
+T = TypeVar('T')
+
+
+class DamagedCheckpoint(RuntimeError):
+  """A checkpoint step on disk that cannot be read (the message names the step and file)."""
 
 # Config fields that may change between a run and its resumption: they do not change
 # what the run computes, only where it reads and writes and how often it reports.
@@ -102,28 +115,81 @@ class RunCheckpoints:
   def restore(self, abstract_state, step: Optional[int] = None) -> tuple[Any, dict]:
     """(state shaped and sharded like abstract_state, progress) of step (default: latest)."""
     step = self._step(step)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), progress=ocp.args.JsonRestore()))
-    return restored['state'], restored['progress']
+    progress = self.restore_progress(step)
+    state = self._read(step, 'state', lambda: self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))['state'])
+    return state, progress
 
   def restore_tree(self, step: Optional[int] = None) -> dict:
     """The saved state of step (default: latest) as a tree of dicts of arrays on this
     process's first device, whatever devices and processes saved it: for tools that read
     parts of it (params, B, …), e.g. on one machine after a pod run."""
     step = self._step(step)
-    with ocp.StandardCheckpointer() as reader:
-      saved = reader.metadata(self._manager.directory / str(step) / 'state').item_metadata
-    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
-                                                            sharding=here),
-                          saved, is_leaf=lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype'))
-    return self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))['state']
+
+    def read():
+      with ocp.StandardCheckpointer() as reader:
+        saved = reader.metadata(self._manager.directory / str(step) / 'state').item_metadata
+      here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                                              sharding=here),
+                            saved, is_leaf=lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype'))
+      return self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target)))['state']
+
+    return self._read(step, 'state', read)
 
   def restore_progress(self, step: Optional[int] = None) -> dict:
     step = self._step(step)
-    return self._manager.restore(step, args=ocp.args.Composite(
-        progress=ocp.args.JsonRestore()))['progress']
+    return self._read(step, 'progress/metadata', lambda: self._manager.restore(
+        step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))['progress'])
+
+  def _read(self, step: int, item: str, read: Callable[[], T]) -> T:
+    try:
+      return read()
+    except Exception as error:  # orbax, TensorStore and json each raise their own
+      first = (str(error).strip().splitlines() or [''])[0]
+      raise DamagedCheckpoint(
+          f'checkpoint step {step} cannot be read: {self._manager.directory / str(step) / item}'
+          f' ({type(error).__name__}: {first[:300]})') from error
+
+  def newest_intact(self, read: Callable[[int], T], step: Optional[int] = None,
+                    set_aside: bool = False) -> tuple[int, T]:
+    """(s, read(s)) for the newest step s that read succeeds on, logging each damaged step
+    passed over; with step given, that step only (its damage is an error). set_aside:
+    move each damaged step to WORKDIR/damaged_checkpoints (a training run does; process 0
+    moves, every process then sees the same steps)."""
+    if step is not None:
+      return step, read(self._step(step))
+    damaged = []
+    for candidate in sorted(self.all_steps(), reverse=True):
+      try:
+        result = read(candidate)
+      except DamagedCheckpoint as error:
+        logging.warning('%s; falling back to the previous step', error)
+        damaged.append(candidate)
+        continue
+      if damaged and set_aside:
+        self._set_aside(damaged)
+      return candidate, result
+    if damaged:
+      raise DamagedCheckpoint(f'no checkpoint in {self._manager.directory} can be read: steps '
+                              f'{damaged} are damaged (see the log for each)')
+    raise FileNotFoundError(f'no checkpoint in {self._manager.directory}')
+
+  def _set_aside(self, steps: list[int]):
+    root = self._manager.directory
+    target = root.parent / DAMAGED_DIR
+    if jax.process_index() == 0:
+      os.makedirs(target, exist_ok=True)
+      for step in steps:
+        name, n = str(step), 1
+        while (target / name).exists():
+          name, n = f'{step}.{n}', n + 1
+        os.replace(root / str(step), target / name)
+        logging.warning('moved the damaged checkpoint step %d to %s', step, target / name)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('aah_jax checkpoints set aside')
+    self._manager.reload()
 
   def _step(self, step: Optional[int]) -> int:
     steps = self.all_steps()

@@ -12,6 +12,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from aah_jax import image_decode
+
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 
 
@@ -55,8 +57,9 @@ def check_readable(paths) -> None:
 
 
 def load_rgb(path: str) -> np.ndarray:
+  """(H, W, 3) uint8 of any image file (image_decode.rgb8: every mode, EXIF orientation)."""
   with Image.open(path) as image:
-    return np.asarray(image.convert('RGB'))
+    return np.asarray(image_decode.rgb8(image))
 
 
 class ImageFiles(Sequence):

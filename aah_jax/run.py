@@ -24,7 +24,7 @@ import optax
 
 from aah_jax import adsh, checkpoint, convert, datasets, evaluation, files, input_pipeline
 from aah_jax import mesh as mesh_lib
-from aah_jax import preemption, pretrained, report, run_log, train
+from aah_jax import preemption, pretrained, report, run_log, train, workdir_lock
 from aah_jax.mesh import to_host
 from aah_jax.models import A2NetPlusPlus, precision
 
@@ -165,11 +165,16 @@ def check_resumable(progress: dict, config, num_database: int, workdir: str):
 
 
 def restore_or_init(run: Run, ckpts: checkpoint.RunCheckpoints, workdir: str):
-  """(state, progress): the latest checkpoint's if there is one, else a fresh start."""
+  """(state, progress): the newest intact checkpoint's if there is one (damaged newer steps
+  are logged and set aside), else a fresh start."""
   if ckpts.latest_step() is None:
     return run.init_state(), new_progress(run.config, run.num_database)
-  check_resumable(ckpts.restore_progress(), run.config, run.num_database, workdir)
-  state, progress = ckpts.restore(run.abstract_state())
+
+  def read(step):
+    check_resumable(ckpts.restore_progress(step), run.config, run.num_database, workdir)
+    return ckpts.restore(run.abstract_state(), step)
+
+  _, (state, progress) = ckpts.newest_intact(read, set_aside=True)
   if jax.process_index() == 0:
     logging.info('continuing %s from step %d', workdir, int(to_host(state.step)))
   return state, progress
@@ -202,9 +207,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or continues training) on config.dataset, evaluates, writes
   workdir/results.json and returns it.
 
-  Raises preemption.Preempted after saving when SIGTERM arrives, and NonFiniteLoss on a
-  NaN/inf loss (before saving the bad state).
+  Raises workdir_lock.WorkdirBusy at once if another process writes into workdir,
+  preemption.Preempted after saving when SIGTERM arrives, and NonFiniteLoss on a NaN/inf
+  loss (before saving the bad state).
   """
+  with workdir_lock.hold(workdir, 'training'):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start_time = time.time()
   is_main = jax.process_index() == 0
   run = prepare(config)

@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from aah_jax import preemption, run_log
+from aah_jax import checkpoint, preemption, run_log
 from configs import tiny
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -230,6 +231,48 @@ def test_eval_of_the_saved_run_equals_its_final_numbers(tiny_run, data_dir):
   assert 0 <= evaluation['encoded_db']['precision_at_k']['10'] <= 1
   assert len(evaluation['learned_db']['pr_curve_by_radius']['precision']) == 13
   assert 'aah-eval of step 450' in (workdir / 'report' / 'index.html').read_text()
+
+
+def test_a_damaged_newest_checkpoint_falls_back_and_is_kept(tiny_run, data_dir, tmp_path):
+  """Random bytes in the newest step's progress file: aah-eval names the step and file and
+  evaluates the previous step, leaving the damaged one as it is. A truncated array file in
+  it: training names it, sets the step aside, continues from the previous step and ends
+  where the uninterrupted run ended."""
+  original, _ = tiny_run
+  steps = _checkpoint_steps(original)
+  newest, previous = steps[-1], steps[-2]
+
+  workdir = tmp_path / 'eval'
+  shutil.copytree(original, workdir)
+  progress_file = workdir / 'checkpoints' / str(newest) / 'progress' / 'metadata'
+  damaged = np.random.default_rng(0).integers(0, 256, 2048, dtype=np.uint8).tobytes()
+  progress_file.write_bytes(damaged)
+  result = _run([sys.executable, '-m', 'aah_jax.cli.aah_eval', f'--workdir={workdir}',
+                 f'--config.data.data_dir={data_dir}'])
+  assert result.returncode == 0, result.stderr[-4000:]
+  assert f'checkpoint step {newest} cannot be read: {progress_file}' in result.stderr
+  assert json.loads((workdir / 'eval.json').read_text())['step'] == previous
+  assert progress_file.read_bytes() == damaged  # the read-only tool leaves it in place
+  result = _run([sys.executable, '-m', 'aah_jax.cli.aah_eval', f'--workdir={workdir}',
+                 f'--config.data.data_dir={data_dir}', f'--step={newest}'])
+  assert result.returncode != 0 and f'{progress_file}' in result.stderr  # asked for: an error
+
+  workdir = tmp_path / 'train'
+  shutil.copytree(original, workdir)
+  (workdir / 'results.json').unlink()
+  state = workdir / 'checkpoints' / str(newest) / 'state'
+  largest = max((p for p in state.rglob('*') if p.is_file()), key=lambda p: p.stat().st_size)
+  truncated = largest.read_bytes()[:largest.stat().st_size // 2]
+  largest.write_bytes(truncated)
+  result = _run(_train_command(workdir, data_dir))
+  assert result.returncode == 0, result.stderr[-4000:]
+  assert f'checkpoint step {newest} cannot be read: {state}' in result.stderr
+  kept = workdir / checkpoint.DAMAGED_DIR / str(newest) / 'state' / largest.relative_to(state)
+  assert kept.read_bytes() == truncated  # set aside as it was, never deleted
+  assert newest in _checkpoint_steps(workdir)  # and the step saved anew
+  expected = json.loads((original / 'results.json').read_text())
+  actual = json.loads((workdir / 'results.json').read_text())
+  assert _without_timing(actual) == _without_timing(expected)  # deterministic (see above)
 
 
 REPORT_FIGURES = ('loss_terms.png', 'map.png', 'pr_curve.png', 'precision_at_k.png',

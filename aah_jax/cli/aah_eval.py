@@ -17,7 +17,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from aah_jax import evaluation, files, report
+from aah_jax import evaluation, files, report, workdir_lock
 from aah_jax.cli import common
 from aah_jax.codes import hash_codes
 
@@ -53,6 +53,11 @@ def evaluate_run(restored: common.RestoredRun, topk: int, ks, query_u, db_u) -> 
 
 def main(argv):
   del argv
+  with workdir_lock.hold(FLAGS.workdir, 'aah-eval', create=False):
+    _main()
+
+
+def _main():
   restored = common.restore_run(FLAGS.workdir, FLAGS.step, common.overrides_from_flags())
   run = restored.run
   query_u = run.encode(restored.variables, run.query_source)

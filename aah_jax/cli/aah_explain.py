@@ -21,7 +21,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from aah_jax import datasets, evaluation, explain, files, input_pipeline  # pylint: disable=wrong-import-position
+from aah_jax import datasets, evaluation, explain, files, input_pipeline, workdir_lock  # pylint: disable=wrong-import-position
 from aah_jax.cli import common  # pylint: disable=wrong-import-position
 from aah_jax.mesh import to_host  # pylint: disable=wrong-import-position
 
@@ -121,6 +121,11 @@ def bit_figures(run, variables, source, u, folder: str, per_side: int):
 
 def main(argv):
   del argv
+  with workdir_lock.hold(FLAGS.workdir, 'aah-explain', create=False):
+    _main()
+
+
+def _main():
   restored = common.restore_run(FLAGS.workdir, FLAGS.step, common.overrides_from_flags())
   run = restored.run
   entry = datasets.dataset_entry(run.config.dataset)

@@ -60,30 +60,34 @@ def saved_config(workdir: str, step: Optional[int] = None,
                  overrides: Optional[dict] = None) -> tuple[ml_collections.ConfigDict, int, dict]:
   """(the checkpoint's config with overrides applied, its step, its progress)."""
   ckpts = checkpoint.RunCheckpoints(workdir, read_only=True)
-  try:
-    step = ckpts.latest_step() if step is None else step
-    progress = ckpts.restore_progress(step)
+  try:  # without --step: the newest step that reads (damaged newer ones are logged)
+    step, progress = ckpts.newest_intact(ckpts.restore_progress, step)
   finally:
     ckpts.close()
+  return _config_of(progress, overrides), step, progress
+
+
+def _config_of(progress: dict, overrides: Optional[dict]) -> ml_collections.ConfigDict:
   # Fields added to aah_jax after the run was saved take their defaults.
   config = default.get_config()
   for dotted, value in checkpoint.flat_config(progress['config']).items():
     _set(config, dotted, tuple(value) if isinstance(value, list) else value)
   for dotted, value in (overrides or {}).items():
     _set(config, dotted, value)
-  return config, step, progress
+  return config
 
 
 def restore_run(workdir: str, step: Optional[int] = None,
                 overrides: Optional[dict] = None) -> RestoredRun:
-  """The run of workdir at step (default latest), its network and data set up again."""
-  config, step, progress = saved_config(workdir, step, overrides)
-  run = run_lib.prepare(config)
+  """The run of workdir at step (default: the newest that reads), its network and data set
+  up again."""
   ckpts = checkpoint.RunCheckpoints(workdir, read_only=True)
   try:
-    tree = ckpts.restore_tree(step)
+    step, (progress, tree) = ckpts.newest_intact(
+        lambda s: (ckpts.restore_progress(s), ckpts.restore_tree(s)), step)
   finally:
     ckpts.close()
+  run = run_lib.prepare(_config_of(progress, overrides))
   return RestoredRun(run=run, variables={'params': tree['params'],
                                          'batch_stats': tree['batch_stats']},
                      B=np.asarray(tree['B']), step=step, progress=progress)

@@ -23,6 +23,8 @@ from absl import logging
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from aah_jax import image_decode
+
 
 class DatasetFilesError(FileNotFoundError):
   """The manual directory lacks files the dataset needs."""
@@ -78,15 +80,17 @@ def read_lines(path: str) -> list[list[str]]:
 
 
 def image_bytes(path: str, transform=None) -> bytes:
-  """RGB image bytes of a file (decoded fully, so corrupt files fail here)."""
+  """RGB image bytes of a file (decoded fully, so corrupt files fail here; every mode made
+  8-bit RGB by image_decode.rgb8)."""
   with open(path, 'rb') as f:
     data = f.read()
   try:
     with Image.open(io.BytesIO(data)) as image:
       image.load()
-      if transform is None and image.mode == 'RGB' and image.format in ('JPEG', 'PNG'):
+      if (transform is None and image.format in ('JPEG', 'PNG')
+          and not image_decode.needs_conversion(image)):
         return data
-      image = image.convert('RGB')
+      image = image_decode.rgb8(image)
       if transform is not None:
         image = transform(image)
       out = io.BytesIO()
