@@ -56,6 +56,12 @@ def check_readable(paths) -> None:
     raise ValueError(f'{len(bad)} file(s) cannot be read as images: ' + '; '.join(bad))
 
 
+def printable_name(name: str) -> str:
+  """name as valid UTF-8 text: the bytes of a file name that is not UTF-8 (which Python holds
+  as surrogate escapes) written as \\xNN; every other name unchanged."""
+  return os.fsencode(name).decode('utf-8', errors='backslashreplace')
+
+
 def load_rgb(path: str) -> np.ndarray:
   """(H, W, 3) uint8 of any image file (image_decode.rgb8: every mode, EXIF orientation)."""
   with Image.open(path) as image:

@@ -71,14 +71,15 @@ def build_index(codes, *, labels=None, ids=None, paths=None, meta=None) -> CodeI
 
 
 def _encode_paths(paths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  encoded = [str(p).encode() for p in paths]
+  # os.fsencode: a name that is not UTF-8 (held as surrogate escapes) keeps its bytes.
+  encoded = [os.fsencode(str(p)) for p in paths]
   offsets = np.concatenate([[0], np.cumsum([len(b) for b in encoded], dtype=np.int64)])
   return np.frombuffer(b''.join(encoded), np.uint8), offsets.astype(np.int64)
 
 
 def _decode_paths(path_bytes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
   text = path_bytes.tobytes()
-  return np.asarray([text[a:b].decode() for a, b in zip(offsets[:-1], offsets[1:])],
+  return np.asarray([os.fsdecode(text[a:b]) for a, b in zip(offsets[:-1], offsets[1:])],
                     dtype=object)
 
 

@@ -275,6 +275,21 @@ def test_image_folder(tmp_path, with_split_folders):
   assert sorted(_by_file(again, 'test')) == sorted(test)  # the same seeded split
 
 
+def test_a_file_name_that_is_not_utf8_is_kept(tmp_path):
+  """A file whose name is not UTF-8 used to stop aah-prepare (UnicodeEncodeError on the
+  file_name feature); it is kept, its undecodable bytes written as \\xNN."""
+  root = tmp_path / 'mine'
+  for c, name in enumerate(['cats', 'dogs']):
+    for i in range(3):
+      _image(root / name / f'{i}.png', 40 * c + 5 * i)
+  odd = os.path.join(os.fsencode(str(root / 'dogs')), b'caf\xe9.png')
+  Image.fromarray(np.full((20, 24, 3), 200, np.uint8)).save(os.fsdecode(odd), format='PNG')
+  builder = _build('image_folder', root, tmp_path / 'data')
+  names = {**_by_file(builder, 'train'), **_by_file(builder, 'test')}
+  assert len(names) == 7 and 'dogs/caf\\xe9.png' in names
+  assert names['dogs/caf\\xe9.png']['label'] == 1
+
+
 def test_unprepared_dataset_names_the_command(tmp_path):
   with pytest.raises(FileNotFoundError, match='aah-prepare --dataset=cub200 --manual_dir'):
     datasets.load_builder('cub200', None, str(tmp_path))

@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import zipfile
 
 import numpy as np
@@ -107,3 +108,18 @@ def test_fingerprint_tells_networks_apart():
 def test_build_index_checks_lengths():
   with pytest.raises(ValueError, match='5 codes but 4 labels'):
     index_lib.build_index(np.ones((5, 8)), labels=[0, 1, 2, 3])
+
+
+def test_a_file_name_that_is_not_utf8_round_trips_and_opens(tmp_path):
+  """Such names reach Python as surrogate escapes: the index keeps their bytes, so the path
+  it gives back opens the same file (it used to fail with UnicodeEncodeError on saving)."""
+  raw = os.path.join(os.fsencode(str(tmp_path)), b'caf\xe9.png')
+  with open(raw, 'wb') as f:
+    f.write(b'picture')
+  name = os.fsdecode(raw)
+  index = index_lib.build_index(np.ones((1, 8)), paths=[name])
+  index_lib.save_index(str(tmp_path / 'codes.idx'), index)
+  loaded = index_lib.load_index(str(tmp_path / 'codes.idx'))
+  assert loaded.paths[0] == name
+  with open(loaded.paths[0], 'rb') as f:
+    assert f.read() == b'picture'

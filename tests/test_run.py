@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from aah_jax import checkpoint, preemption, run_log
+from aah_jax import checkpoint, image_files, preemption, run_log
 from configs import tiny
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -297,14 +297,16 @@ def _tool(name, *args):
 
 
 def _write_query_images(folder, data_dir, count=4):
-  """Test-split images of the tiny set saved as PNG files in class folders."""
+  """Test-split images of the tiny set saved as PNG files in class folders (the last under
+  a name that is not UTF-8: its bytes reach Python as surrogate escapes)."""
   from aah_jax import datasets  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   source = datasets.load_builder('synthetic_birds', 'tiny', str(data_dir)).as_data_source('test')
   paths = []
   for i in range(count):
     example = source[i]
-    path = folder / f'class{int(example["label"]):02d}' / f'{i}.png'
+    name = f'{i}.png' if i < count - 1 else os.fsdecode(b'caf\xe9-%d.png' % i)
+    path = folder / f'class{int(example["label"]):02d}' / name
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.asarray(example['image'])).save(path)
     paths.append(path)
@@ -334,7 +336,7 @@ def test_index_and_search_tools(tiny_run, data_dir, tmp_path):
                  '--k=2', f'--gallery={gallery_png}', data_flag, *map(str, queries))
   assert result.returncode == 0, result.stderr[-4000:]
   for query in queries:  # each image finds itself (or an identical code) at distance 0
-    block = result.stdout.split(f'{query}:\n')[1]
+    block = result.stdout.split(f'{image_files.printable_name(str(query))}:\n')[1]
     assert block.splitlines()[0].split()[2] == '0', result.stdout
   from PIL import Image  # pylint: disable=g-import-not-at-top
   with Image.open(gallery_png) as picture:

@@ -67,13 +67,14 @@ def main(argv):
                                                     image_files.ImageFiles(queries))))
   distances, rows = index.search(codes, FLAGS.k)
   for query, query_distances, query_rows in zip(queries, distances, rows):
-    print(f'{query}:')
+    print(f'{image_files.printable_name(query)}:')
     for rank, (distance, row) in enumerate(zip(query_distances, query_rows), start=1):
       print(f'  {rank:3d}  distance {distance:3d}  label {label_name(index, row)}  '
-            f'{index.paths[row]}')
+            f'{image_files.printable_name(index.paths[row])}')
   if FLAGS.gallery:
     sources = {}
-    tiles = [(gallery.Tile(image_files.load_rgb(q), os.path.basename(q)),
+    name = lambda path: image_files.printable_name(os.path.basename(path))
+    tiles = [(gallery.Tile(image_files.load_rgb(q), name(q)),
               [gallery.Tile(item_image(index, row, restored.run.config, sources),
                             f'd={d} {label_name(index, row)}')
                for d, row in zip(query_distances, query_rows)])

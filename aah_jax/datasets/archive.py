@@ -24,6 +24,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from aah_jax import image_decode
+from aah_jax.image_files import printable_name
 
 
 class DatasetFilesError(FileNotFoundError):
@@ -145,6 +146,11 @@ class ArchiveBuilder(tfds.core.GeneratorBasedBuilder):
     return {split: self._generate_examples(items) for split, items in listings.items()}
 
   def _check(self, root: str, listings: dict):
+    escaped = [printable_name(item.key) for items in listings.values() for item in items
+               if printable_name(item.key) != item.key]
+    if escaped:
+      logging.warning('%d file name(s) are not UTF-8; kept, with their undecodable bytes '
+                      'written as \\xNN in file_name: %s', len(escaped), ', '.join(escaped[:20]))
     missing = [item.path for items in listings.values() for item in items
                if not os.path.isfile(item.path)]
     if missing:
@@ -167,6 +173,6 @@ class ArchiveBuilder(tfds.core.GeneratorBasedBuilder):
         logging.warning('skipping %s', error)
         self.info.metadata['skipped_files'].append(item.path)
         continue
-      yield item.key, {'image': data, 'file_name': item.key, 'label': item.label,
-                       **item.features}
+      name = printable_name(item.key)
+      yield name, {'image': data, 'file_name': name, 'label': item.label, **item.features}
 
