@@ -16,10 +16,46 @@ drops transparency to whatever colour hides under it):
   over white, rgb·a + 255·(1 − a) with a = alpha / 255, rounded;
 - everything else (``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, ``RGB``):
   PIL's own conversion.
+
+``open_image(path)`` opens a file after checking its pixel count (from the header, before
+any decoding) against ``max_pixels`` (the ``--max_image_pixels`` flag of aah-prepare,
+aah-index and aah-search; PIL's own decompression-bomb check is replaced by this one, whose
+error names the file and the flag).
 """
+
+from typing import BinaryIO, Optional, Union
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
+
+# PIL's own limit (2 × Image.MAX_IMAGE_PIXELS: it warns above half of it, refuses above it).
+DEFAULT_MAX_PIXELS = 178_956_970
+Image.MAX_IMAGE_PIXELS = None  # open_image checks instead, naming the file
+_limit = {'max_pixels': DEFAULT_MAX_PIXELS}
+
+
+class ImageTooLarge(ValueError):
+  """An image with more pixels than the limit (the message names the file and the flag)."""
+
+
+def set_max_pixels(max_pixels: int):
+  """The largest image (width × height) open_image accepts from now on in this process."""
+  if max_pixels < 1:
+    raise ValueError(f'--max_image_pixels={max_pixels}: must be ≥ 1')
+  _limit['max_pixels'] = int(max_pixels)
+
+
+def open_image(path: Union[str, BinaryIO], name: Optional[str] = None) -> Image.Image:
+  """Image.open(path) once its header says it is within the pixel limit (ImageTooLarge
+  otherwise, naming name or path)."""
+  image = Image.open(path)
+  width, height = image.size
+  if width * height > _limit['max_pixels']:
+    image.close()
+    raise ImageTooLarge(f'{name or path}: {width}×{height} = {width * height:,} pixels, over '
+                        f'the limit of {_limit["max_pixels"]:,} (--max_image_pixels)')
+  return image
+
 
 _ALPHA_MODES = ('RGBA', 'RGBa', 'LA', 'La', 'PA')
 

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import os
 
 import numpy as np
-from PIL import Image
 
 from aah_jax import image_decode
 
@@ -48,8 +47,10 @@ def check_readable(paths) -> None:
   bad = []
   for path in paths:
     try:
-      with Image.open(path) as image:
+      with image_decode.open_image(path) as image:
         image.verify()
+    except image_decode.ImageTooLarge as error:
+      bad.append(str(error))
     except (OSError, SyntaxError) as error:
       bad.append(f'{path} ({error.__class__.__name__}: {error})')
   if bad:
@@ -64,7 +65,7 @@ def printable_name(name: str) -> str:
 
 def load_rgb(path: str) -> np.ndarray:
   """(H, W, 3) uint8 of any image file (image_decode.rgb8: every mode, EXIF orientation)."""
-  with Image.open(path) as image:
+  with image_decode.open_image(path) as image:
     return np.asarray(image_decode.rgb8(image))
 
 

@@ -80,18 +80,26 @@ def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
 
 
 class _Indexed(Sequence):
-  """source[indices[i]] with its database index (and position in Ω, and a mask)."""
+  """source[indices[i]] with its database index (and position in Ω, and a mask). Rows
+  masked out (an evaluation pass's padding) are not read: they repeat the labels of the
+  first one, read once, with a black 1×1 image (what they encode is discarded)."""
 
   def __init__(self, source, indices, positions=None, mask=None):
     self._source, self._indices = source, np.asarray(indices)
     self._positions, self._mask = positions, mask
+    self._padding = None
 
   def __len__(self):
     return len(self._indices)
 
   def __getitem__(self, i):
     index = int(self._indices[i])
-    example = self._source[index]
+    if self._mask is not None and not self._mask[i]:
+      if self._padding is None:
+        self._padding = dict(self._source[index], image=np.zeros((1, 1, 3), np.uint8))
+      example = self._padding
+    else:
+      example = self._source[index]
     item = {'image': example['image'], 'label': np.asarray(example['label']),
             'index': np.int32(index)}
     if self._positions is not None:

@@ -12,7 +12,7 @@ dataset's archive goes.
 
 from absl import app, flags
 
-from aah_jax import datasets
+from aah_jax import datasets, image_decode
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum('dataset', None, sorted(datasets.DATASETS), 'Dataset to prepare.')
@@ -20,6 +20,8 @@ flags.DEFINE_string('manual_dir', None, 'Folder with the official archive or its
                     'folder (for image_folder: the image folder itself).')
 flags.DEFINE_string('data_dir', None, 'tfds data directory (default: tfds\' default).')
 flags.DEFINE_string('builder_config', None, 'Builder config (e.g. crop_banner for aircraft).')
+flags.DEFINE_integer('max_image_pixels', image_decode.DEFAULT_MAX_PIXELS, 'Largest image '
+                     '(width × height) read; a larger one is an error naming the file.')
 flags.DEFINE_bool('skip_corrupt', False, 'Skip undecodable images (listed in the metadata) '
                   'instead of stopping.')
 flags.mark_flags_as_required(['dataset'])
@@ -27,6 +29,7 @@ flags.mark_flags_as_required(['dataset'])
 
 def main(argv):
   del argv
+  image_decode.set_max_pixels(FLAGS.max_image_pixels)
   entry = datasets.dataset_entry(FLAGS.dataset)
   if not (entry.embedded or FLAGS.manual_dir):
     raise app.UsageError(f'--manual_dir is required for {FLAGS.dataset}')

@@ -94,12 +94,26 @@ def test_train_epoch_reads_omega_once_per_epoch(tiny_builder):
 
 def test_eval_batches_pad_and_mask_the_last_batch(tiny_builder):
   source = tiny_builder.as_data_source('test')
-  batches = list(input_pipeline.eval_batches(source, global_batch=100, image_size=32))
+  reads = []
+
+  class Counted:
+    def __len__(self):
+      return len(source)
+
+    def __getitem__(self, i):
+      reads.append(i)
+      return source[i]
+
+  batches = list(input_pipeline.eval_batches(Counted(), global_batch=100, image_size=32,
+                                             num_threads=1))
   assert len(batches) == 3
   mask = np.concatenate([b['mask'] for b in batches])
   index = np.concatenate([b['index'] for b in batches])
   np.testing.assert_array_equal(index[mask], np.arange(240))
   assert mask.sum() == 240 and not mask[240:].any()
+  # Each example is decoded once; the 60 padding rows read one example once between them
+  # (they used to re-read item 0 each: a large query image decoded 60 more times).
+  assert sorted(reads) == sorted(list(range(240)) + [0])
 
 
 def test_transforms_keep_shape_and_normalise():

@@ -137,3 +137,26 @@ def test_plain_rgb_files_are_stored_as_they_are(tmp_path):
   path = tmp_path / 'plain.png'
   path.write_bytes(data)
   assert archive.image_bytes(str(path)) == data  # not decoded and re-encoded
+
+
+@pytest.fixture
+def small_pixel_limit():
+  image_decode.set_max_pixels(50 * 50)
+  yield 50 * 50
+  image_decode.set_max_pixels(image_decode.DEFAULT_MAX_PIXELS)
+
+
+def test_an_image_over_the_pixel_limit_is_named_on_every_path(tmp_path, small_pixel_limit):
+  """Checked from the header before decoding; the error names the file and the flag (PIL's
+  own decompression-bomb error named neither and escaped --skip_corrupt)."""
+  path = tmp_path / 'large.png'
+  Image.new('RGB', (60, 50)).save(path)
+  Image.new('RGB', (50, 50)).save(tmp_path / 'fits.png')
+  message = rf'{path}: 60×50 = 3,000 pixels, over the limit of 2,500 \(--max_image_pixels\)'
+  with pytest.raises(archive.CorruptImageError, match=message):  # --skip_corrupt skips these
+    archive.image_bytes(str(path))
+  with pytest.raises(image_decode.ImageTooLarge, match=message):
+    image_files.load_rgb(str(path))
+  with pytest.raises(ValueError, match=message):
+    image_files.check_readable([str(tmp_path / 'fits.png'), str(path)])
+  assert image_files.load_rgb(str(tmp_path / 'fits.png')).shape == (50, 50, 3)

@@ -14,12 +14,14 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from aah_jax import datasets, image_files, index as index_lib
+from aah_jax import datasets, image_decode, image_files, index as index_lib
 from aah_jax.cli import common
 from aah_jax.codes import hash_codes
 
 FLAGS = flags.FLAGS
 common.define_run_flags()
+flags.DEFINE_integer('max_image_pixels', image_decode.DEFAULT_MAX_PIXELS, 'Largest image '
+                     '(width × height) read; a larger one is an error naming the file.')
 flags.DEFINE_string('out', None, 'The index file to write.')
 flags.DEFINE_string('dataset', None, 'Dataset to encode (default: the run\'s).')
 flags.DEFINE_string('split', None, 'Split to encode (default: the dataset\'s database split).')
@@ -49,6 +51,7 @@ def items_to_encode(config, *, dataset, split, image_dir):
 
 def main(argv):
   del argv
+  image_decode.set_max_pixels(FLAGS.max_image_pixels)
   if FLAGS.image_dir and (FLAGS.dataset or FLAGS.split):
     raise app.UsageError('give either --image_dir or --dataset/--split, not both')
   out_dir = os.path.dirname(os.path.abspath(FLAGS.out))

@@ -13,12 +13,14 @@ import os
 from absl import app, flags
 import numpy as np
 
-from aah_jax import datasets, gallery, image_files, index as index_lib
+from aah_jax import datasets, gallery, image_decode, image_files, index as index_lib
 from aah_jax.cli import common
 from aah_jax.codes import hash_codes
 
 FLAGS = flags.FLAGS
 common.define_run_flags()
+flags.DEFINE_integer('max_image_pixels', image_decode.DEFAULT_MAX_PIXELS, 'Largest image '
+                     '(width × height) read; a larger one is an error naming the file.')
 flags.DEFINE_string('index', None, 'The index file (from aah-index).')
 flags.DEFINE_integer('k', 10, 'Neighbours per query.')
 flags.DEFINE_string('gallery', None, 'Also write the queries and their neighbours as a PNG.')
@@ -56,6 +58,7 @@ def check_same_network(index: index_lib.CodeIndex, fingerprint: str, step: int):
 
 
 def main(argv):
+  image_decode.set_max_pixels(FLAGS.max_image_pixels)
   queries = argv[1:]
   if not queries:
     raise app.UsageError('give one or more query images')

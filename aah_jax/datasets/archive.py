@@ -86,7 +86,7 @@ def image_bytes(path: str, transform=None) -> bytes:
   with open(path, 'rb') as f:
     data = f.read()
   try:
-    with Image.open(io.BytesIO(data)) as image:
+    with image_decode.open_image(io.BytesIO(data), path) as image:
       image.load()
       if (transform is None and image.format in ('JPEG', 'PNG')
           and not image_decode.needs_conversion(image)):
@@ -97,6 +97,8 @@ def image_bytes(path: str, transform=None) -> bytes:
       out = io.BytesIO()
       image.save(out, format='PNG')
       return out.getvalue()
+  except image_decode.ImageTooLarge as error:
+    raise CorruptImageError(str(error)) from None
   except (OSError, SyntaxError, ValueError) as error:
     raise CorruptImageError(f'{path}: cannot be decoded as an image ({error})') from None
 
