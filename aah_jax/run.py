@@ -211,6 +211,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   preemption.Preempted after saving when SIGTERM arrives, and NonFiniteLoss on a NaN/inf
   loss (before saving the bad state).
   """
+  train.validate_config(config, jax.device_count())  # before the folder is touched
+  datasets.dataset_entry(config.dataset)
   with workdir_lock.hold(workdir, 'training'):
     return _train_and_evaluate(config, workdir)
 

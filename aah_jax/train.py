@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import optax
 
-from aah_jax import adsh, input_pipeline, losses
+from aah_jax import adsh, config_checks, input_pipeline, losses
 from aah_jax.models import A2NetPlusPlus, create_model, init_variables
 from aah_jax.models.precision import accumulation_dtype
 
@@ -191,7 +191,9 @@ def make_database_update(mesh, num_database: int, gamma: float, soft: bool):
 
 
 def validate_config(config, num_devices: int):
-  """Start-up checks that need no data, before any compute."""
+  """Start-up checks that need no data, before any compute: every field's type and range
+  (config_checks), then how they fit together and on num_devices."""
+  config_checks.check(config)
   batch, samples = config.train.batch_size, config.train.num_samples
   if batch % num_devices:
     raise ValueError(f'config.train.batch_size={batch} does not divide over {num_devices} devices')
