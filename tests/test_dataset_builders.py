@@ -275,6 +275,28 @@ def test_image_folder(tmp_path, with_split_folders):
   assert sorted(_by_file(again, 'test')) == sorted(test)  # the same seeded split
 
 
+def test_image_folder_layout_errors_say_what_is_expected(tmp_path, caplog):
+  flat = tmp_path / 'flat'  # images but no class folders
+  for i in range(3):
+    _image(flat / f'{i}.png', 10 * i)
+  with pytest.raises(datasets.DatasetFilesError,
+                     match=r'has no class folders: expected .*/<class>/<image>'):
+    _build('image_folder', flat, tmp_path / 'data1')
+  few = tmp_path / 'few'  # 2 images per class: round(2 · 0.2) = 0 queries
+  for c in ('a', 'b'):
+    for i in range(2):
+      _image(few / c / f'{i}.png', 10 * i)
+  with pytest.raises(datasets.DatasetFilesError,
+                     match=r"test split .* would be empty: a class needs at least 3 images .*"
+                           r"class 'a' has 2"):
+    _build('image_folder', few, tmp_path / 'data2')
+  one = tmp_path / 'one'
+  for i in range(5):
+    _image(one / 'only' / f'{i}.png', 10 * i)
+  _build('image_folder', one, tmp_path / 'data3')
+  assert 'one class only (only)' in caplog.text
+
+
 def test_a_file_name_that_is_not_utf8_is_kept(tmp_path):
   """A file whose name is not UTF-8 used to stop aah-prepare (UnicodeEncodeError on the
   file_name feature); it is kept, its undecodable bytes written as \\xNN."""

@@ -9,6 +9,7 @@
   or, without them, a seeded per-class split.
 """
 
+import collections
 import dataclasses
 import hashlib
 import io
@@ -197,6 +198,32 @@ class AahImageFolder(ArchiveBuilder):
       items += [Item(os.path.relpath(paths[i], root), paths[i], classes[names[label]])
                 for i in members if (i in test) == (split == 'test')]
     return items
+
+  def _check(self, root: str, listings: dict):
+    """The layout, said plainly (a bare 'No examples were yielded' used to stand for all)."""
+    layout = (f'expected {root}/<class>/<image> (a seeded {self.builder_config.test_fraction:g} '
+              f'of each class become the queries) or {root}/train/<class>/<image> and '
+              f'{root}/test/<class>/<image>')
+    classes = self._classes()
+    if not classes:
+      raise DatasetFilesError(f'{root} has no class folders: {layout}')
+    for split, items in listings.items():
+      if items:
+        continue
+      if self._has_split_folders():
+        raise DatasetFilesError(f'{os.path.join(root, split)} has no images in class folders: '
+                                f'{layout}')
+      counts = collections.Counter(item.label for item in listings['train'])
+      smallest = min(classes, key=lambda c: counts.get(classes.index(c), 0))
+      need = int(np.floor(0.5 / self.builder_config.test_fraction)) + 1  # round(need·f) ≥ 1
+      raise DatasetFilesError(
+          f'the {split} split of {root} would be empty: a class needs at least {need} images '
+          f'to give one query (class {smallest!r} has {counts.get(classes.index(smallest), 0)}); '
+          f'add images, or give train/ and test/ folders: {layout}')
+    if len(classes) == 1:
+      logging.warning('%s has one class only (%s): every database image is relevant to '
+                      'every query, so every mAP is 1', root, classes[0])
+    super()._check(root, listings)
 
   def _metadata(self, root):
     return {'class_names': self._classes(), 'root': root}
