@@ -19,6 +19,7 @@ trunk, and the last stage into both the global and the local path; everything el
 import dataclasses
 import os
 import re
+import zipfile
 from typing import Callable, Optional
 
 from absl import app, flags, logging
@@ -42,15 +43,27 @@ def read_state_dict(path: str) -> dict:
     except ImportError:
       raise ImportError(f'reading {path} needs torch: pip install -e ".[torch]", or convert it '
                         f'to .safetensors / .npz first') from None
-    loaded = torch.load(path, map_location='cpu', weights_only=True)
-    loaded = loaded.get('state_dict', loaded) if isinstance(loaded, dict) else loaded
+    try:
+      loaded = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as error:  # torch's message may advise weights_only=False: never do that
+      raise ValueError(f'{path} is not a PyTorch state dict of tensors (torch.load with '
+                       f'weights_only=True refused it: {type(error).__name__})') from None
+    if not isinstance(loaded, dict):
+      raise ValueError(f'{path} holds a {type(loaded).__name__}, not a state dict')
+    loaded = loaded.get('state_dict', loaded)
     return {k: v.detach().cpu().numpy() for k, v in loaded.items() if hasattr(v, 'numpy')}
   if path.endswith('.safetensors'):
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    return dict(load_file(path))
+    try:
+      return dict(load_file(path))
+    except Exception as error:  # safetensors says only e.g. "header too large"
+      raise ValueError(f'{path} is not a safetensors state dict ({error})') from None
   if path.endswith('.npz'):
-    with np.load(path, allow_pickle=False) as archive:
-      return {k: archive[k] for k in archive.files}
+    try:
+      with np.load(path, allow_pickle=False) as archive:
+        return {k: archive[k] for k in archive.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as error:
+      raise ValueError(f'{path} is not an .npz state dict ({type(error).__name__})') from None
   raise ValueError(f'{path}: unknown state-dict format (.pth, .safetensors or .npz)')
 
 
@@ -99,17 +112,47 @@ def _layer_path(key: str, scope: tuple, layer: str, name: str):
   raise KeyError(key)
 
 
+_BN_KEY = {leaf: name for name, (_, leaf) in _BN.items()}
+
+
+def _leaf_key(layer: str, leaf: str) -> str:
+  return f'{layer}.{"weight" if leaf == "kernel" else _BN_KEY[leaf]}'
+
+
+def _resnet_key(path: tuple) -> str:
+  """(inverse of _resnet_path) a trunk/last-stage path → its torchvision key."""
+  *scope, layer, leaf = path
+  layer = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1'}.get(layer, layer)
+  if scope[0] == 'last_stage':
+    prefix = f'layer4.{scope[1][len("block"):]}.'
+  elif len(scope) == 3:
+    prefix = f'{scope[1]}.{scope[2][len("block"):]}.'
+  else:
+    prefix = ''
+  return prefix + _leaf_key(layer, leaf)
+
+
+def _efficientnet_key(path: tuple) -> str:
+  """(inverse of _efficientnet_path) a trunk/last-stage path → its lukemelas key."""
+  *scope, layer, leaf = path
+  prefix = f'_blocks.{scope[1][len("block"):]}.' if len(scope) == 2 else ''
+  return prefix + _leaf_key(f'_{layer}', leaf)
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
-  """A family of state dicts: where its keys go, its classifier's key prefix, whose it is."""
+  """A family of state dicts: where its keys go (and back), its classifier's key prefix,
+  whose it is."""
 
   to_path: Callable
+  to_key: Callable
   classifier: str
   source: str
 
 
-_TORCHVISION = Layout(_resnet_path, 'fc.', 'torchvision/timm')
-_LUKEMELAS = Layout(_efficientnet_path, '_fc.', 'lukemelas/EfficientNet-PyTorch layout')
+_TORCHVISION = Layout(_resnet_path, _resnet_key, 'fc.', 'torchvision/timm')
+_LUKEMELAS = Layout(_efficientnet_path, _efficientnet_key, '_fc.',
+                    'lukemelas/EfficientNet-PyTorch layout')
 ARCHS = {'resnet18': _TORCHVISION, 'resnet34': _TORCHVISION, 'resnet50': _TORCHVISION,
          'efficientnet_lite0': _LUKEMELAS}
 
@@ -127,6 +170,13 @@ def _flax_path(key: str, arch: str, classifier: bool):
     leaf = key[len(layout.classifier):]
     return ('params', ('classifier', 'kernel' if leaf == 'weight' else leaf)) if classifier else None
   return layout.to_path(key, backbone_spec(arch))
+
+
+def source_key(arch: str, collection: str, path: tuple) -> str:
+  """The state-dict key that converts to (collection, path): what a file lacking it lacks."""
+  if path[0] == 'classifier':
+    return ARCHS[arch].classifier + ('weight' if path[1] == 'kernel' else path[1])
+  return ARCHS[arch].to_key(path)
 
 
 def expected_shapes(arch: str, num_classes: Optional[int] = None) -> dict:
@@ -180,7 +230,8 @@ def convert(state_dict: dict, arch: str, classifier: bool = False) -> dict:
       misshaped.append(f'{key} {tuple(value.shape)} (expected {expected[target]})')
       continue
     converted[target] = value
-  missing = sorted(f'{c}:{"/".join(p)}' for c, p in set(expected) - set(converted))
+  missing = sorted(f'{source_key(arch, c, p)} (for {c}:{"/".join(p)})'
+                   for c, p in set(expected) - set(converted))
   problems = []
   if unknown:
     problems.append(f'{len(unknown)} unknown key(s): {", ".join(sorted(unknown)[:20])}')

@@ -113,9 +113,12 @@ def load_index(path: str) -> CodeIndex:
   """Reads and verifies an index; IndexFileError says what is wrong with the file."""
   if not os.path.isfile(path):
     raise IndexFileError(f'index {path} does not exist')
+  with open(path, 'rb') as f:
+    data = f.read()
+  if not data.startswith(b'PK'):  # numpy's own error would advise allow_pickle=True
+    raise IndexFileError(f'{path} is not an aah index: not a .npz (zip) archive at all (it '
+                         f'starts with {data[:8]!r})')
   try:
-    with open(path, 'rb') as f:
-      data = f.read()
     with np.load(io.BytesIO(data), allow_pickle=False) as archive:
       members = {name: archive[name] for name in archive.files}
   except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:

@@ -156,7 +156,19 @@ def test_bad_state_dicts_are_listed():
   message = str(error.value)
   assert 'unknown key(s): layer9.0.conv1.weight' in message
   assert 'mis-shaped: bn1.weight (3,)' in message
-  assert 'missing: params:trunk/bn1/scale, params:trunk/layer1/block0/conv1/kernel' in message
+  # Missing ones are named by the key the file lacks, with where it would go.
+  assert ('missing: bn1.weight (for params:trunk/bn1/scale), layer1.0.conv1.weight (for '
+          'params:trunk/layer1/block0/conv1/kernel)') in message
+
+
+@pytest.mark.parametrize('arch', list(convert.ARCHS))
+def test_source_key_inverts_the_mapping(arch):
+  """The key named for a missing parameter is the one that converts to it: every trunk and
+  last-stage parameter and statistic of the arch (and the classifier) round-trips."""
+  expected = convert.expected_shapes(arch, num_classes=1000)
+  for collection, path in expected:
+    key = convert.source_key(arch, collection, path)
+    assert convert._flax_path(key, arch, classifier=True) == (collection, path), key
 
 
 def test_config_model_pretrained_starts_the_run_from_the_file(tmp_path):

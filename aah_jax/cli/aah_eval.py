@@ -23,9 +23,11 @@ from aah_jax.codes import hash_codes
 
 FLAGS = flags.FLAGS
 common.define_run_flags()
-flags.DEFINE_integer('topk', 100, 'k of mAP@k.')
+flags.DEFINE_integer('topk', 100, 'k of mAP@k.', lower_bound=1)
 flags.DEFINE_list('precision_ks', ['1', '5', '10', '50', '100', '500', '1000'],
                   'k values of precision@k and recall@k.')
+flags.register_validator('precision_ks', lambda ks: all(k.isdigit() and int(k) > 0 for k in ks),
+                         message='--precision_ks: positive integers, comma-separated')
 EVAL_FILE = 'eval.json'
 
 
@@ -53,6 +55,7 @@ def evaluate_run(restored: common.RestoredRun, topk: int, ks, query_u, db_u) -> 
 
 def main(argv):
   del argv
+  common.check_writable_folder(FLAGS.workdir, '--workdir')  # eval.json and report/ go there
   with workdir_lock.hold(FLAGS.workdir, 'aah-eval', create=False):
     _main()
 

@@ -29,7 +29,7 @@ FLAGS = flags.FLAGS
 common.define_run_flags()
 flags.DEFINE_string('split', None, 'Split to explain (default: the query split).')
 flags.DEFINE_integer('images_per_side', 8, 'Images per bit with the most positive (and '
-                     'most negative) u_j.')
+                     'most negative) u_j.', lower_bound=1)
 flags.DEFINE_integer('seed', 0, 'Seed of the random codes compared against.')
 EXPLAIN_DIR = 'explain'
 
@@ -121,6 +121,7 @@ def bit_figures(run, variables, source, u, folder: str, per_side: int):
 
 def main(argv):
   del argv
+  common.check_writable_folder(FLAGS.workdir, '--workdir')  # explain/ goes there
   with workdir_lock.hold(FLAGS.workdir, 'aah-explain', create=False):
     _main()
 

@@ -54,9 +54,7 @@ def main(argv):
   image_decode.set_max_pixels(FLAGS.max_image_pixels)
   if FLAGS.image_dir and (FLAGS.dataset or FLAGS.split):
     raise app.UsageError('give either --image_dir or --dataset/--split, not both')
-  out_dir = os.path.dirname(os.path.abspath(FLAGS.out))
-  if not os.path.isdir(out_dir):
-    raise app.UsageError(f'--out: the folder {out_dir} does not exist')
+  common.check_output_file(FLAGS.out, '--out')
   config, _, _ = common.saved_config(FLAGS.workdir, FLAGS.step, common.overrides_from_flags())
   source, labels, ids, paths, meta = items_to_encode(
       config, dataset=FLAGS.dataset, split=FLAGS.split, image_dir=FLAGS.image_dir)

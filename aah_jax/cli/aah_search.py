@@ -22,7 +22,7 @@ common.define_run_flags()
 flags.DEFINE_integer('max_image_pixels', image_decode.DEFAULT_MAX_PIXELS, 'Largest image '
                      '(width × height) read; a larger one is an error naming the file.')
 flags.DEFINE_string('index', None, 'The index file (from aah-index).')
-flags.DEFINE_integer('k', 10, 'Neighbours per query.')
+flags.DEFINE_integer('k', 10, 'Neighbours per query.', lower_bound=1)
 flags.DEFINE_string('gallery', None, 'Also write the queries and their neighbours as a PNG.')
 flags.mark_flag_as_required('index')
 
@@ -62,8 +62,10 @@ def main(argv):
   queries = argv[1:]
   if not queries:
     raise app.UsageError('give one or more query images')
-  index = index_lib.load_index(FLAGS.index)
+  if FLAGS.gallery:
+    common.check_output_file(FLAGS.gallery, '--gallery')
   image_files.check_readable(queries)
+  index = index_lib.load_index(FLAGS.index)
   restored = common.restore_run(FLAGS.workdir, FLAGS.step, common.overrides_from_flags())
   check_same_network(index, index_lib.model_fingerprint(restored.variables), restored.step)
   codes = np.asarray(hash_codes(restored.run.encode(restored.variables,

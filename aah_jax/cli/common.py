@@ -6,9 +6,10 @@ with the checkpoint (e.g. ``--config.data.data_dir``, ``--config.eval.batch_size
 """
 
 import dataclasses
+import os
 from typing import Optional
 
-from absl import flags
+from absl import app, flags
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
@@ -19,11 +20,31 @@ from configs import default
 
 def define_run_flags():
   flags.DEFINE_string('workdir', None, 'A training run\'s directory (with checkpoints/).')
-  flags.DEFINE_integer('step', None, 'Checkpoint step to use (default: the latest).')
+  flags.DEFINE_integer('step', None, 'Checkpoint step to use (default: the latest).',
+                       lower_bound=0)
   config_flags.DEFINE_config_dict(
       'config', default.get_config(),
       'Overrides of the config saved with the checkpoint, as --config.FIELD=VALUE.')
   flags.mark_flag_as_required('workdir')
+
+
+def check_writable_folder(path: str, flag: str):
+  """A tool that writes into an existing folder checks it first (UsageError naming flag)."""
+  if not os.path.isdir(path):
+    raise app.UsageError(f'{flag}={path}: no such folder')
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise app.UsageError(f'{flag}={path}: the folder is not writable (its outputs go there)')
+
+
+def check_output_file(path: str, flag: str):
+  """An output file's path, checked before any compute (UsageError naming flag)."""
+  if os.path.isdir(path):
+    raise app.UsageError(f'{flag}={path} is a folder: give a file path')
+  folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(folder):
+    raise app.UsageError(f'{flag}={path}: the folder {folder} does not exist')
+  if not os.access(folder, os.W_OK | os.X_OK):
+    raise app.UsageError(f'{flag}={path}: the folder {folder} is not writable')
 
 
 @dataclasses.dataclass

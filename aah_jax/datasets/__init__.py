@@ -66,6 +66,8 @@ def prepare(builder: tfds.core.DatasetBuilder, manual_dir: Optional[str] = None,
             skip_corrupt: bool = False):
   """Writes the dataset's array_record files (from manual_dir where it needs files)."""
   builder.skip_corrupt = skip_corrupt
+  if hasattr(builder, 'preflight'):  # what it can check before tfds writes anything
+    builder.preflight()
   builder.download_and_prepare(
       file_format='array_record',
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir,

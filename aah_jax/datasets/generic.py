@@ -199,6 +199,11 @@ class AahImageFolder(ArchiveBuilder):
                 for i in members if (i in test) == (split == 'test')]
     return items
 
+  def preflight(self):
+    """The folder's listing and layout checked before tfds creates anything."""
+    root = self.builder_config.root
+    self._check(root, {split: self._list_split(root, split) for split in self.SPLITS})
+
   def _check(self, root: str, listings: dict):
     """The layout, said plainly (a bare 'No examples were yielded' used to stand for all)."""
     layout = (f'expected {root}/<class>/<image> (a seeded {self.builder_config.test_fraction:g} '
