@@ -88,7 +88,7 @@ RULES: dict[str, Rule] = {
     'checkpoint.every_steps': _integer(0),
     'checkpoint.keep': _integer(1),
     'checkpoint.async_save': _BOOL,
-    'log.every_steps': _integer(1),
+    'log.every_steps': _integer(0),  # 0: no progress lines
     'log.tensorboard': _BOOL,
     'log.report': _BOOL,
 }

@@ -4,9 +4,11 @@ Single process: a SIGTERM or SIGINT handler sets a flag that the train loop read
 step; a second Ctrl-C stops at once (KeyboardInterrupt), as a user pressing it twice means.
 Several processes: every host must save the same step, so the decision goes through
 JAX's preemption sync point (the coordination service turns a SIGTERM on any host into
-the same answer on all of them at the same step).
+the same answer on all of them at the same step). A Ctrl-C there is turned into a SIGTERM
+to its own process, so it takes the same path; a second Ctrl-C stops that process at once.
 """
 
+import os
 import signal
 import threading
 
@@ -40,9 +42,20 @@ class StopSignal:
       raise KeyboardInterrupt  # the second Ctrl-C
     self._requested.set()
 
+  def _on_sigint_of_several(self, signum, frame):
+    del signum, frame
+    if self._requested.is_set():
+      raise KeyboardInterrupt  # the second Ctrl-C
+    self._requested.set()
+    os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption notifier tells every process
+
   def __enter__(self):
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
+      return self
+    if jax.process_count() == 1:
       self._previous = {signum: signal.signal(signum, self._on_signal) for signum in SIGNALS}
+    else:  # SIGTERM stays with JAX's preemption notifier
+      self._previous = {signal.SIGINT: signal.signal(signal.SIGINT, self._on_sigint_of_several)}
     return self
 
   def __exit__(self, *exc):

@@ -29,7 +29,7 @@ BAD = [  # (field, value, fragment of the message)
     ('data.train_crop_scale', (0.5, 0.2), 'the first ≤ the second'),
     ('data.num_threads', 0, 'config.data.num_threads=0: must be an integer ≥ 1'),
     ('checkpoint.keep', 0, 'config.checkpoint.keep=0: must be an integer ≥ 1'),
-    ('log.every_steps', 0, 'config.log.every_steps=0: must be an integer ≥ 1'),
+    ('log.every_steps', -1, 'config.log.every_steps=-1: must be an integer ≥ 0'),
     ('image_size', 4, 'config.image_size=4: must be an integer ≥ 16'),
 ]
 

@@ -111,9 +111,10 @@ def test_two_processes_equal_one_process_with_as_many_devices(tmp_path, data_dir
   np.testing.assert_array_equal(state_two["['B']"], state_one["['B']"])
 
 
-def test_sigterm_on_one_host_stops_both_at_the_same_step(tmp_path, data_dir):
-  """The preemption notice reaches one process; JAX's preemption sync point makes both save
-  the same step and exit 0."""
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT], ids=['sigterm', 'ctrl_c'])
+def test_a_stop_signal_on_one_host_stops_both_at_the_same_step(tmp_path, data_dir, signum):
+  """The preemption notice (or a Ctrl-C) reaches one process; JAX's preemption sync point
+  makes both save the same step and exit 0."""
   port = _free_port()
   workdir = tmp_path / 'two'
   pair = [_start(workdir, data_dir, 4, '--distributed', f'--coordinator_address=127.0.0.1:{port}',
@@ -122,9 +123,10 @@ def test_sigterm_on_one_host_stops_both_at_the_same_step(tmp_path, data_dir):
           for i in range(2)]
   deadline = time.time() + 300
   while max([r['step'] for r in run_log.read_metrics(workdir, 'step')], default=0) < 5:
-    assert all(p.poll() is None for p in pair) and time.time() < deadline
+    assert all(p.poll() is None for p in pair), [p.communicate()[1][-3000:] for p in pair]
+    assert time.time() < deadline
     time.sleep(0.05)
-  pair[1].send_signal(signal.SIGTERM)
+  pair[1].send_signal(signum)
   outputs = [_finish(p) for p in pair]
   assert all('preempted: saved the checkpoint of step' in out for out in outputs)
   steps = {int(out.split('checkpoint of step ')[1].split()[0]) for out in outputs}
