@@ -8,6 +8,7 @@ that a bad file stops a tool before any compute, with its path.
 
 from collections.abc import Sequence
 import os
+from typing import Optional
 
 import numpy as np
 
@@ -63,22 +64,28 @@ def printable_name(name: str) -> str:
   return os.fsencode(name).decode('utf-8', errors='backslashreplace')
 
 
-def load_rgb(path: str) -> np.ndarray:
-  """(H, W, 3) uint8 of any image file (image_decode.rgb8: every mode, EXIF orientation)."""
+def load_rgb(path: str, min_side: Optional[int] = None) -> np.ndarray:
+  """(H, W, 3) uint8 of any image file (image_decode.rgb8: every mode, EXIF orientation).
+  min_side: a JPEG larger than needed is decoded at 1/2, 1/4 or 1/8 scale (its DCT
+  scaling, PIL's draft) as long as both sides stay ≥ min_side: a 24 MP photo decodes in a
+  fraction of the time and memory."""
   with image_decode.open_image(path) as image:
+    if min_side and image.format == 'JPEG':
+      image.draft(image.mode, (min_side, min_side))
     return np.asarray(image_decode.rgb8(image))
 
 
 class ImageFiles(Sequence):
-  """paths[i] as {'image': (H, W, 3) uint8, 'label': labels[i]}."""
+  """paths[i] as {'image': (H, W, 3) uint8, 'label': labels[i]}; min_side as load_rgb's."""
 
-  def __init__(self, paths, labels=None):
+  def __init__(self, paths, labels=None, min_side: Optional[int] = None):
     self._paths = list(paths)
     self._labels = (np.full(len(self._paths), -1, np.int64) if labels is None
                     else np.asarray(labels))
+    self._min_side = min_side
 
   def __len__(self):
     return len(self._paths)
 
   def __getitem__(self, i):
-    return {'image': load_rgb(self._paths[i]), 'label': self._labels[i]}
+    return {'image': load_rgb(self._paths[i], self._min_side), 'label': self._labels[i]}

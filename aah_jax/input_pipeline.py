@@ -66,10 +66,15 @@ def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size: int,
   return _resize(image[top:top + h, left:left + w], size, size)
 
 
+def eval_short_side(size: int) -> int:
+  """The shorter side the evaluation view resizes an image to before its central crop."""
+  return int(round(size * 256 / 224))
+
+
 def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
   """Evaluation view: shorter side to round(size·256/224), then the central size×size."""
   height, width = image.shape[:2]
-  short = int(round(size * 256 / 224))
+  short = eval_short_side(size)
   if height <= width:
     new_h, new_w = short, int(round(width * short / height))
   else:
@@ -81,8 +86,9 @@ def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
 
 class _Indexed(Sequence):
   """source[indices[i]] with its database index (and position in Ω, and a mask). Rows
-  masked out (an evaluation pass's padding) are not read: they repeat the labels of the
-  first one, read once, with a black 1×1 image (what they encode is discarded)."""
+  masked out (an evaluation pass's padding) are not read: they take the labels of an
+  example already read (read once if none is yet) with a black 1×1 image (what they encode
+  is discarded)."""
 
   def __init__(self, source, indices, positions=None, mask=None):
     self._source, self._indices = source, np.asarray(indices)
@@ -100,6 +106,8 @@ class _Indexed(Sequence):
       example = self._padding
     else:
       example = self._source[index]
+      if self._padding is None and self._mask is not None:
+        self._padding = dict(example, image=np.zeros((1, 1, 3), np.uint8))
     item = {'image': example['image'], 'label': np.asarray(example['label']),
             'index': np.int32(index)}
     if self._positions is not None:
@@ -159,7 +167,11 @@ def eval_batches(source, *, global_batch: int, image_size: int, num_threads: int
   mask = np.arange(total) < len(indices)
   rows = local_slice(np.arange(total), global_batch, process_index, process_count)
 
+  padding = normalize(np.zeros((image_size, image_size, 3), np.uint8), dtype)
+
   def view(item):
+    if not item['mask']:
+      return dict(item, image=padding)  # discarded: not resized
     return dict(item, image=normalize(resize_center_crop(item['image'], image_size), dtype))
 
   dataset = (grain.MapDataset.source(_Indexed(source, padded[rows], mask=mask[rows]))

@@ -59,7 +59,8 @@ def test_bad_files_are_clear_errors(tmp_path):
     index_lib.load_index(str(tmp_path / 'missing.idx'))
   not_zip = tmp_path / 'text.idx'
   not_zip.write_text('hello')
-  with pytest.raises(index_lib.IndexFileError, match='cannot be read as an aah index'):
+  with pytest.raises(index_lib.IndexFileError,
+                     match=r'is not an aah index: not a .npz \(zip\) archive'):
     index_lib.load_index(str(not_zip))
   truncated = tmp_path / 'truncated.idx'
   truncated.write_bytes(data[:len(data) // 2])

@@ -14,6 +14,7 @@ from absl import app, flags
 import numpy as np
 
 from aah_jax import datasets, gallery, image_decode, image_files, index as index_lib
+from aah_jax import input_pipeline
 from aah_jax.cli import common
 from aah_jax.codes import hash_codes
 
@@ -68,8 +69,10 @@ def main(argv):
   index = index_lib.load_index(FLAGS.index)
   restored = common.restore_run(FLAGS.workdir, FLAGS.step, common.overrides_from_flags())
   check_same_network(index, index_lib.model_fingerprint(restored.variables), restored.step)
-  codes = np.asarray(hash_codes(restored.run.encode(restored.variables,
-                                                    image_files.ImageFiles(queries))))
+  # A large JPEG query is decoded at reduced scale, still ≥ 2× the evaluation view's side.
+  min_side = 2 * input_pipeline.eval_short_side(restored.run.config.image_size)
+  queries_source = image_files.ImageFiles(queries, min_side=min_side)
+  codes = np.asarray(hash_codes(restored.run.encode(restored.variables, queries_source)))
   distances, rows = index.search(codes, FLAGS.k)
   for query, query_distances, query_rows in zip(queries, distances, rows):
     print(f'{image_files.printable_name(query)}:')
