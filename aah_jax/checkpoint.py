@@ -112,13 +112,11 @@ class RunCheckpoints:
                                                      progress=ocp.args.JsonSave(progress)),
                        metrics=metrics, force=True)
 
-  def restore(self, abstract_state, step: Optional[int] = None) -> tuple[Any, dict]:
-    """(state shaped and sharded like abstract_state, progress) of step (default: latest)."""
+  def restore_state(self, abstract_state, step: Optional[int] = None):
+    """The state of step (default: latest), shaped and sharded like abstract_state."""
     step = self._step(step)
-    progress = self.restore_progress(step)
-    state = self._read(step, 'state', lambda: self._manager.restore(step, args=ocp.args.Composite(
+    return self._read(step, 'state', lambda: self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state)))['state'])
-    return state, progress
 
   def restore_tree(self, step: Optional[int] = None) -> dict:
     """The saved state of step (default: latest) as a tree of dicts of arrays on this

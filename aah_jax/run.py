@@ -170,9 +170,10 @@ def restore_or_init(run: Run, ckpts: checkpoint.RunCheckpoints, workdir: str):
   if ckpts.latest_step() is None:
     return run.init_state(), new_progress(run.config, run.num_database)
 
-  def read(step):
-    check_resumable(ckpts.restore_progress(step), run.config, run.num_database, workdir)
-    return ckpts.restore(run.abstract_state(), step)
+  def read(step):  # progress first: a different run is refused before the state is read
+    progress = ckpts.restore_progress(step)
+    check_resumable(progress, run.config, run.num_database, workdir)
+    return ckpts.restore_state(run.abstract_state(), step), progress
 
   _, (state, progress) = ckpts.newest_intact(read, set_aside=True)
   if jax.process_index() == 0:

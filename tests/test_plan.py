@@ -23,10 +23,14 @@ needs_cuda_plugin = pytest.mark.skipif(
 GPU_TOPOLOGY = 'h100:1x2x4'  # 2 hosts of 4 H100s
 
 
+def _tiny(topology: str) -> dict:
+  return plan.plan(tiny.get_config(), topology, PER_CHIP_BATCH, per_chip_eval_batch=16,
+                   keep_compiled=True)
+
+
 @pytest.fixture(scope='module')
 def tiny_plan():
-  return plan.plan(tiny.get_config(), TOPOLOGY, PER_CHIP_BATCH, per_chip_eval_batch=16,
-                   keep_compiled=True)
+  return _tiny(TOPOLOGY)
 
 
 @needs_libtpu
@@ -46,8 +50,7 @@ def test_tiny_step_compiles_for_a_tpu_topology_and_fits(tiny_plan):
 
 @pytest.fixture(scope='module')
 def tiny_gpu_plan():
-  return plan.plan(tiny.get_config(), GPU_TOPOLOGY, PER_CHIP_BATCH, per_chip_eval_batch=16,
-                   keep_compiled=True)
+  return _tiny(GPU_TOPOLOGY)
 
 
 @needs_cuda_plugin
