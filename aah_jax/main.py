@@ -5,7 +5,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from aah_jax import distributed, preemption
+from aah_jax import compile_cache, distributed, preemption
 from aah_jax import run as run_lib
 
 FLAGS = flags.FLAGS
@@ -19,6 +19,10 @@ flags.DEFINE_string('coordinator_address', os.environ.get('AAH_COORDINATOR_ADDRE
                     'host:port of process 0 (where it cannot be detected).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (where it cannot be detected).')
 flags.DEFINE_integer('process_id', None, 'This process\'s id (where it cannot be detected).')
+flags.DEFINE_string('compilation_cache_dir', None,
+                    'Keep compiled programs here, so a resumed or repeated run skips compiling '
+                    '(JAX\'s persistent cache). Unset: $JAX_COMPILATION_CACHE_DIR if set, else '
+                    'WORKDIR/xla_cache; "none": no cache.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -33,6 +37,7 @@ def main(argv):
   del argv
   if FLAGS.distributed:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  compile_cache.enable(compile_cache.folder(FLAGS.compilation_cache_dir, FLAGS.workdir))
   try:
     results = run_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except preemption.Preempted as stopped:
