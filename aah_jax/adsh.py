@@ -1,7 +1,7 @@
 """Asymmetric deep supervised hashing (ADSH): similarity and the database-code update.
 
-Symbols follow method.md: Ω the sampled training indices, U (|Ω| × k) the latest
-network outputs of the sampled images, B (N × k) the database codes, S (|Ω| × N)
+Symbols follow docs/method.md §1, §3.1 and §4: Ω the sampled training indices, U (|Ω| × k)
+the latest network outputs of the sampled images, B (N × k) the database codes, S (|Ω| × N)
 the similarity, γ the quantisation weight, k the code length.
 """
 

@@ -42,6 +42,10 @@ class DamagedCheckpoint(RuntimeError):
 RESUMABLE_CHANGES = ('checkpoint', 'eval', 'log', 'data.num_threads', 'data.num_workers',
                      'data.prefetch', 'data.data_dir', 'data.manual_dir')
 
+# Config fields added after runs were saved, with the value that reproduces what those runs
+# did (flat_config's form): a run saved before the field existed continues under it.
+ADDED_FIELDS = {'loss.phase_boundaries': [0.5], 'loss.term_modules': []}
+
 
 class _OrbaxInfoFilter(py_logging.Filter):
   """Drops orbax's INFO records (dozens per save); its warnings and errors still show."""
@@ -72,8 +76,10 @@ def flat_config(tree: Any, prefix: str = '') -> dict:
 
 
 def incompatible_fields(saved_config: dict, config: ml_collections.ConfigDict) -> list[str]:
-  """Fields (dotted) where config differs from the saved one, outside RESUMABLE_CHANGES."""
-  saved, now = flat_config(saved_config), flat_config(config.to_dict())
+  """Fields (dotted) where config differs from the saved one, outside RESUMABLE_CHANGES
+  (a field added since the run was saved counts with the value ADDED_FIELDS gives it)."""
+  saved = dict(ADDED_FIELDS, **flat_config(saved_config))
+  now = flat_config(config.to_dict())
   allowed = lambda key: any(key == f or key.startswith(f + '.') for f in RESUMABLE_CHANGES)
   return sorted(key for key in set(saved) | set(now)
                 if not allowed(key) and saved.get(key) != now.get(key))

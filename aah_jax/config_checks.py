@@ -5,8 +5,7 @@ checkpoint folder). Fields not listed here (added by a fork) are not checked."""
 
 from typing import Any, Callable
 
-from aah_jax import datasets
-from aah_jax.losses import TERMS
+from aah_jax import datasets, losses
 from aah_jax.models.backbones import BACKBONES
 
 Rule = tuple[Callable[[Any], bool], str]  # (accepts the value, what is allowed)
@@ -42,6 +41,11 @@ def _pair(rule: Rule, ordered: bool = False) -> Rule:
   return pair, f'a pair of {text.replace("a number", "numbers")}{order}'
 
 
+def _increasing_fractions(v) -> bool:
+  return (isinstance(v, (tuple, list)) and all(_number(0.0, 1.0, True, True)[0](x) for x in v)
+          and all(a < b for a, b in zip(v, v[1:])))
+
+
 _BOOL: Rule = (lambda v: isinstance(v, bool), 'True or False')
 _TEXT: Rule = (lambda v: isinstance(v, str), 'a string')
 _OPTIONAL_TEXT: Rule = (lambda v: v is None or isinstance(v, str), 'a string or None')
@@ -72,7 +76,10 @@ RULES: dict[str, Rule] = {
     'model.pretrained': _OPTIONAL_TEXT,
     'loss.gamma': _number(0.0),
     'loss.soft_similarity': _BOOL,
-    **{f'loss.weights.{term}': _pair(_number(0.0)) for term in TERMS},
+    'loss.term_modules': ((lambda v: isinstance(v, (tuple, list))
+                           and all(isinstance(x, str) for x in v)), 'a list of module names'),
+    'loss.phase_boundaries': (_increasing_fractions,
+                              'increasing fractions of the outer iterations in (0, 1)'),
     'train.num_iterations': _integer(1),
     'train.num_samples': _integer(1),
     'train.epochs': _integer(1),
@@ -105,15 +112,37 @@ def _flat(tree, prefix: str = '') -> dict:
   return flat
 
 
+def _weight_problem(term: str, weights, num_phases: int):
+  """What is wrong with config.loss.weights.TERM, or None."""
+  if term not in losses.TERMS:
+    return f'not a loss term (terms: {list(losses.TERMS)})'
+  if not (isinstance(weights, (tuple, list)) and len(weights) == num_phases
+          and all(_number(0.0)[0](w) for w in weights)):
+    return (f'must be {num_phases} numbers ≥ 0, a weight per phase '
+            '(config.loss.phase_boundaries makes the phases)')
+  return None
+
+
 def problems(config) -> list[str]:
   """'config.FIELD=VALUE: allowed' for every field whose value its rule refuses."""
   found = []
-  for field, value in _flat(config.to_dict()).items():
+  flat = _flat(config.to_dict())
+  modules = flat.get('loss.term_modules', ())
+  for name in modules if RULES['loss.term_modules'][0](modules) else ():
+    try:
+      losses.import_term_modules([name])
+    except Exception as error:  # pylint: disable=broad-except
+      found.append(f'config.loss.term_modules: cannot import {name!r} ({error!r})')
+  boundaries = flat.get('loss.phase_boundaries', ())
+  num_phases = len(boundaries) + 1 if _increasing_fractions(boundaries) else None
+  for field, value in flat.items():
     rule = RULES.get(field)
     if rule is None and field.startswith('optim.lr_multipliers.'):
       rule = _MULTIPLIER
-    if field.startswith('loss.weights.') and field not in RULES:
-      found.append(f'config.{field}: not a loss term (terms: {list(TERMS)})')
+    if field.startswith('loss.weights.'):
+      problem = num_phases and _weight_problem(field[len('loss.weights.'):], value, num_phases)
+      if problem:
+        found.append(f'config.{field}={value!r}: {problem}')
     elif rule is not None and not rule[0](value):
       found.append(f'config.{field}={value!r}: must be {rule[1]}')
   return found

@@ -1,27 +1,26 @@
-"""The losses of A²-Net++ (method.md, "Losses"), as pure functions.
+"""The losses of A²-Net++ (docs/method.md §3), as pure functions, and the registry of the
+terms the train step sums.
 
 Symbols follow the spec: a batch of n images with network outputs F = u (n × k)
 and database indices ω; B (N × k) the database codes; S_batch (n × N) the
 similarity rows of the batch against the whole database; γ the quantisation
 weight; k the code length.
+
+A loss term is a function of ``LossInputs`` registered under a name with default weights,
+one per training phase (``register_term``); ``TERMS`` holds them in order. The step
+computes the terms ``config.loss.weights`` gives a non-zero weight and sums them
+(``weighted_total``); the logs, the console and the report show whatever terms it
+computed. A new term is one function, one ``register_term`` call, its weights in a config
+and the module that registers it in ``config.loss.term_modules``:
+``configs/variants/bit_balance.py`` does all four in one file.
 """
 
-from typing import Mapping, Sequence
+import dataclasses
+import importlib
+from typing import Any, Callable, Mapping, Sequence
 
+import jax
 import jax.numpy as jnp
-
-TERMS = ('hash', 'quant', 'dec', 'rec', 'img')
-
-# (phase 1 weight, phase 2 weight) per term. Phase 1 (first half of the outer
-# iterations) trains hash + quant + dec + img; phase 2 adds rec. The image-loss
-# weights and dec being on are OPEN in the spec.
-DEFAULT_WEIGHTS = {
-    'hash': (1.0, 1.0),
-    'quant': (1.0, 1.0),
-    'dec': (1.0, 1.0),
-    'rec': (0.0, 1.0),
-    'img': (0.01, 0.1),
-}
 
 
 def _scale(code_length: int, n: int, num_database: int) -> float:
@@ -59,6 +58,70 @@ def image_loss(images_pred: Sequence, images_target):
   return sum(jnp.mean(jnp.square(image - images_target)) for image in images_pred)
 
 
+@dataclasses.dataclass(frozen=True)
+class LossInputs:
+  """What a batch gives the loss terms.
+
+  Attributes:
+    output: the network's ``A2NetOutput`` (u = F, v, v̂, decoded images, attention).
+    B: (N, k) database codes.
+    S_batch: (n, N) similarity of the batch to every database item.
+    omega: (n,) int database indices ω of the batch images.
+    images: (n, S, S, 3) the input batch scaled to [0, 1] (the image loss's target).
+    gamma: the quantisation weight γ.
+    code_length: k.
+  """
+
+  output: Any
+  B: jax.Array
+  S_batch: jax.Array
+  omega: jax.Array
+  images: jax.Array
+  gamma: float
+  code_length: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+  """A loss term: fn(LossInputs) → scalar, its default weight per phase, and whether it
+  needs the self-consistency image path (dropped, whatever its weights, without one)."""
+
+  fn: Callable[[LossInputs], jax.Array]
+  weights: tuple[float, ...]
+  needs_image_path: bool = False
+
+
+TERMS: dict[str, Term] = {}
+
+
+def register_term(name: str, fn: Callable[[LossInputs], jax.Array], weights: Sequence[float],
+                  *, needs_image_path: bool = False) -> Term:
+  """Adds (or replaces) the term ``name``; weights: its default weight per phase."""
+  TERMS[name] = Term(fn, tuple(float(w) for w in weights), needs_image_path)
+  return TERMS[name]
+
+
+def import_term_modules(names: Sequence[str]):
+  """Imports the modules that register extra terms (``config.loss.term_modules``), so a
+  run, a resumed run and the tools that restore it know the same terms."""
+  for name in names:
+    importlib.import_module(name)
+
+
+# Phase 1 (the first half of the outer iterations) trains hash + quant + dec + img; phase 2
+# adds rec. The image-loss weights and dec being on are OPEN in the spec (§3.3).
+register_term('hash', lambda x: hash_loss(x.output.u, x.B, x.S_batch,
+                                          code_length=x.code_length), (1.0, 1.0))
+register_term('quant', lambda x: quantization_loss(x.output.u, x.B, x.omega, gamma=x.gamma,
+                                                   code_length=x.code_length), (1.0, 1.0))
+register_term('dec', lambda x: decorrelation_loss(x.output.u), (1.0, 1.0))
+register_term('rec', lambda x: reconstruction_loss(x.output.v, x.output.v_hat), (0.0, 1.0))
+register_term('img', lambda x: image_loss((x.output.image_from_v, x.output.image_from_v_hat),
+                                          x.images), (0.01, 0.1), needs_image_path=True)
+
+DEFAULT_WEIGHTS = {name: term.weights for name, term in TERMS.items()}
+
+
 def loss_terms(F, B, S_batch, omega, v, v_hat, *, gamma: float, code_length: int) -> dict:
   """The four code and feature terms: {'hash', 'quant', 'dec', 'rec'}.
 
@@ -79,38 +142,49 @@ def loss_terms(F, B, S_batch, omega, v, v_hat, *, gamma: float, code_length: int
   }
 
 
+def phase_weight(weights: Sequence[float], phase):
+  """The weight of phase ``phase`` (1-based; a Python int or a traced int32 scalar: one
+  compiled step serves every phase)."""
+  weight = weights[-1]
+  for index in reversed(range(len(weights) - 1)):
+    weight = jnp.where(jnp.asarray(phase) == index + 1, weights[index], weight)
+  return weight
+
+
 def total_loss(terms: Mapping, phase, weights: Mapping = DEFAULT_WEIGHTS):
-  """Σ_term weight(term, phase) · term.
+  """Σ_term weight(term, phase) · term, summed in the order of ``weights``.
 
   Args:
     terms: loss values by name; a term the weights do not name is an error,
       a weighted term missing from ``terms`` too (unless its weights are 0).
-    phase: 1 or 2, a Python int or a traced int32 scalar (one compiled step
-      serves both phases).
-    weights: term → (phase 1 weight, phase 2 weight).
+    phase: 1, 2, …: a Python int or a traced int32 scalar.
+    weights: term → its weight in each phase.
   """
   unknown = set(terms) - set(weights)
   if unknown:
     raise ValueError(f'total_loss: no weights for terms {sorted(unknown)}')
   total = jnp.float32(0.0)
-  for name, (w1, w2) in weights.items():
+  for name, term_weights in weights.items():
     if name not in terms:
-      if w1 or w2:
-        raise ValueError(f'total_loss: term {name!r} has weights ({w1}, {w2}) but was not computed')
+      if any(term_weights):
+        raise ValueError(f'total_loss: term {name!r} has weights {tuple(term_weights)} but was '
+                         'not computed')
       continue
-    weight = jnp.where(jnp.asarray(phase) == 1, w1, w2)
-    total = total + weight * terms[name]
+    total = total + phase_weight(term_weights, phase) * terms[name]
   return total
 
 
-def network_loss_terms(output, B, S_batch, omega, images_target, *, gamma: float,
-                       code_length: int) -> dict:
-  """All terms for a network output (``A2NetOutput``); 'img' only with the image path.
+def weighted_total(inputs: LossInputs, phase, weights: Mapping) -> tuple[jax.Array, dict]:
+  """(total loss, the computed terms by name): every registered term ``weights`` gives a
+  non-zero weight in some phase, computed from ``inputs`` and summed (``total_loss``).
 
-  ``images_target`` is the input batch scaled to [0, 1].
+  The default objective of ``train.train_step``; a replacement (``loss_fn=``) has this
+  signature.
   """
-  terms = loss_terms(output.u, B, S_batch, omega, output.v, output.v_hat, gamma=gamma,
-                     code_length=code_length)
-  if output.image_from_v is not None:
-    terms['img'] = image_loss((output.image_from_v, output.image_from_v_hat), images_target)
-  return terms
+  unknown = set(weights) - set(TERMS)
+  if unknown:
+    raise ValueError(f'no loss terms named {sorted(unknown)} (registered: {list(TERMS)})')
+  # Computed in the registry's order (it sets the order in which the backward pass adds up
+  # the terms' gradients), summed in the order of weights.
+  terms = {name: term.fn(inputs) for name, term in TERMS.items() if any(weights.get(name, ()))}
+  return total_loss(terms, phase, weights), terms

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from aah_jax import evaluation, files, gallery, input_pipeline, retrieval, run_log  # pylint: disable=wrong-import-position
+from aah_jax import evaluation, files, gallery, input_pipeline, losses, retrieval, run_log  # pylint: disable=wrong-import-position
 from aah_jax.codes import hash_codes  # pylint: disable=wrong-import-position
 from aah_jax.mesh import to_host  # pylint: disable=wrong-import-position
 
@@ -107,7 +107,7 @@ def _loss_figure(data: ReportData, folder: str):
   fig, ax = plt.subplots(figsize=(8, 4.5))
   steps = [r['step'] for r in data.steps]
   positive = True
-  for term in ('loss', 'hash', 'quant', 'dec', 'rec', 'img'):
+  for term in ('loss', *losses.TERMS):  # the terms the run computed (others are absent)
     values = [r.get(term) for r in data.steps]
     if steps and all(v is not None for v in values) and any(values):
       ax.plot(steps, values, label=term, linewidth=1)

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from aah_jax import adsh, checkpoint, convert, datasets, evaluation, files, input_pipeline
+from aah_jax import losses
 from aah_jax import mesh as mesh_lib
 from aah_jax import preemption, pretrained, report, run_log, train, workdir_lock
 from aah_jax.mesh import to_host
@@ -199,7 +200,7 @@ def _check_finite(step: int, iteration: int, metrics: dict):
 
 def _progress_line(record: dict, num_iterations: int, eta: float) -> str:
   shown = ' '.join(f'{name}={record[name]:.4g}' for name in
-                   ('loss', 'hash', 'quant', 'dec', 'rec', 'img', 'map_learned_db') if name in record)
+                   ('loss', *losses.TERMS, 'map_learned_db') if name in record)
   return (f'[{record["iteration"]}/{num_iterations}] phase {record["phase"]} {shown} '
           f'({record["seconds"]:.1f}s, eta {eta:.0f}s)')
 

@@ -1,4 +1,4 @@
-"""Asymmetric training of A²-Net++ (method.md, "Training algorithm").
+"""Asymmetric training of A²-Net++ (docs/method.md §4).
 
 Read top to bottom: state → schedule and optimiser → the train step → database
 codes → checks and the initial state. The outer loop that drives them, with
@@ -7,7 +7,7 @@ checkpoints and logs, is ``aah_jax.run``.
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.struct
 import jax
@@ -18,6 +18,9 @@ import optax
 from aah_jax import adsh, config_checks, input_pipeline, losses
 from aah_jax.models import A2NetPlusPlus, create_model, init_variables
 from aah_jax.models.precision import accumulation_dtype
+
+# (inputs, phase, term → weight per phase) → (loss, terms by name): the step's objective.
+LossFn = Callable[[losses.LossInputs, Any, dict], tuple[jax.Array, dict]]
 
 
 # ----------------------------------------------------------------------------- state
@@ -59,13 +62,22 @@ class Schedule:
   learning_rate: float
   lr_decay_fraction: float
   lr_decay_factor: float
+  phase_boundaries: tuple[float, ...] = (0.5,)
 
   def iteration(self, step):
     return step // self.steps_per_iteration
 
+  @property
+  def num_phases(self) -> int:
+    return len(self.phase_boundaries) + 1
+
   def phase(self, iteration):
-    """1 in the first half of the outer iterations, 2 after (rec joins the loss)."""
-    return jnp.where(iteration < self.num_iterations / 2, 1, 2)
+    """1 + the number of phase boundaries (fractions of the outer iterations) reached:
+    with (0.5,), 1 in the first half and 2 after (rec joins the loss)."""
+    phase = jnp.int32(1)
+    for boundary in self.phase_boundaries:
+      phase = phase + (iteration >= boundary * self.num_iterations).astype(jnp.int32)
+    return phase
 
   @property
   def lr_decay_iteration(self) -> int:
@@ -112,15 +124,17 @@ def network_and_optimizer(config, num_devices: int):
   tc = config.train
   schedule = Schedule(tc.num_iterations, tc.epochs * tc.num_samples // tc.batch_size,
                       config.optim.learning_rate, config.optim.lr_decay_fraction,
-                      config.optim.lr_decay_factor)
+                      config.optim.lr_decay_factor, tuple(config.loss.phase_boundaries))
   return model, schedule, make_optimizer(config.optim, schedule)
 
 
 def loss_weights(config) -> dict:
-  """term → (phase 1, phase 2) weights; no image term without the image path."""
+  """term → its weight per phase, from config.loss.weights; without the image path, the
+  terms that need it are left out."""
   weights = {name: tuple(w) for name, w in config.loss.weights.items()}
   if not config.model.use_image_decoder:
-    weights.pop('img', None)
+    weights = {name: w for name, w in weights.items()
+               if not (name in losses.TERMS and losses.TERMS[name].needs_image_path)}
   return weights
 
 
@@ -129,25 +143,28 @@ def loss_weights(config) -> dict:
 
 def train_step(state: TrainState, batch: dict, *, model: A2NetPlusPlus,
                tx: optax.GradientTransformation, schedule: Schedule, weights: dict,
-               gamma: float):
+               gamma: float, loss_fn: LossFn = losses.weighted_total):
   """One SGD step on a global batch: (state, batch) → (state, metrics).
 
   batch: 'image' (n, S, S, 3) normalised, 'label', 'index' (database index ω),
-  'position' (row of U).
+  'position' (row of U). loss_fn(LossInputs, phase, weights) → (loss, terms) is the
+  objective (default: the registered terms, weighted per phase); metrics holds its terms.
   """
   phase = schedule.phase(schedule.iteration(state.step))
 
-  def loss_fn(params):
+  def objective(params):
     output, mutated = model.apply({'params': params, 'batch_stats': state.batch_stats},
                                   batch['image'], train=True, mutable=['batch_stats'])
-    S_batch = adsh.similarity_rows(batch['label'], state.db_labels, state.negative_weight)
-    terms = losses.network_loss_terms(
-        output, state.B, S_batch, batch['index'], input_pipeline.to_unit_range(batch['image']),
+    inputs = losses.LossInputs(
+        output=output, B=state.B,
+        S_batch=adsh.similarity_rows(batch['label'], state.db_labels, state.negative_weight),
+        omega=batch['index'], images=input_pipeline.to_unit_range(batch['image']),
         gamma=gamma, code_length=model.bits)
-    loss = losses.total_loss(terms, phase, weights)
+    loss, terms = loss_fn(inputs, phase, weights)
     return loss, (terms, output.u, mutated['batch_stats'])
 
-  (loss, (terms, u, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (terms, u, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
+      state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(
       step=state.step + 1,

@@ -50,8 +50,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict()
   config.loss.gamma = 200.0
   config.loss.soft_similarity = True
-  # term → (phase 1 weight, phase 2 weight); see aah_jax.losses.DEFAULT_WEIGHTS.
+  # Phases: phase p starts at outer iteration ⌊boundary · num_iterations⌋ of its boundary;
+  # (0.5,) gives the paper's two halves (docs/method.md §3.3).
+  config.loss.phase_boundaries = (0.5,)
+  # term → its weight per phase; a term with all weights 0 is not computed. The registered
+  # terms and their defaults: aah_jax.losses.TERMS / DEFAULT_WEIGHTS.
   config.loss.weights = ml_collections.ConfigDict(DEFAULT_WEIGHTS)
+  # Modules that register more terms (aah_jax.losses.register_term), imported when a run or
+  # a tool starts: configs/variants/bit_balance.py is an example.
+  config.loss.term_modules = ()
 
   config.train = ml_collections.ConfigDict()
   config.train.num_iterations = 30  # outer iterations

@@ -1,5 +1,5 @@
-"""The paper's protocol (method.md): ResNet-50 at 224 px, batch 16, 30 epochs per outer
-iteration, SGD lr 1e-4. Each dataset's config calls `paper_config`; `--config.bits`
+"""The paper's protocol (docs/method.md §4–5): ResNet-50 at 224 px, batch 16, 30 epochs per
+outer iteration, SGD lr 1e-4. Each dataset's config calls `paper_config`; `--config.bits`
 selects 12, 24, 32 or 48 bits."""
 
 from configs import default

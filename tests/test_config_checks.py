@@ -25,7 +25,12 @@ BAD = [  # (field, value, fragment of the message)
     ('optim.momentum', 1.0, 'config.optim.momentum=1.0: must be a number in [0, 1)'),
     ('optim.lr_decay_fraction', 1.5, 'must be a number in [0, 1]'),
     ('loss.gamma', -1.0, 'config.loss.gamma=-1.0: must be a number in [0, ∞)'),
-    ('loss.weights.hash', (1.0, -1.0), 'config.loss.weights.hash=(1.0, -1.0): must be a pair'),
+    ('loss.weights.hash', (1.0, -1.0), 'config.loss.weights.hash=(1.0, -1.0): must be 2 '
+                                       'numbers ≥ 0, a weight per phase'),
+    ('loss.weights.rec', (0.0, 1.0, 1.0), 'config.loss.weights.rec=(0.0, 1.0, 1.0): must be 2'),
+    ('loss.phase_boundaries', (0.6, 0.3), 'config.loss.phase_boundaries=(0.6, 0.3): must be '
+                                          'increasing fractions'),
+    ('loss.phase_boundaries', (1.0,), 'must be increasing fractions of the outer iterations'),
     ('data.train_crop_scale', (0.5, 0.2), 'the first ≤ the second'),
     ('data.num_threads', 0, 'config.data.num_threads=0: must be an integer ≥ 1'),
     ('checkpoint.keep', 0, 'config.checkpoint.keep=0: must be an integer ≥ 1'),

@@ -1,5 +1,7 @@
 """Each loss term against an independent NumPy computation, and the phase schedule."""
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,3 +95,38 @@ def test_total_loss_rejects_missing_and_unknown_terms():
                                   weights)) == 3.0
   with pytest.raises(ValueError, match='extra'):
     losses.total_loss({'hash': 1.0, 'extra': 1.0}, 1)
+
+
+def test_phase_weight_picks_each_phase_from_one_compiled_function():
+  pick = jax.jit(lambda p: losses.phase_weight((0.0, 0.5, 2.0), p))
+  assert [float(pick(jnp.int32(p))) for p in (1, 2, 3)] == [0.0, 0.5, 2.0]  # exact: a select
+  assert losses.phase_weight((0.7,), jnp.int32(1)) == 0.7
+
+
+def _inputs(n=4, k=6, num_db=10):
+  rng = np.random.default_rng(0)
+  output = types.SimpleNamespace(
+      u=np.tanh(rng.normal(size=(n, k))).astype(np.float32),
+      v=rng.normal(size=(n, 8)).astype(np.float32),
+      v_hat=rng.normal(size=(n, 8)).astype(np.float32),
+      image_from_v=None, image_from_v_hat=None)
+  return losses.LossInputs(
+      output=output, B=np.sign(rng.normal(size=(num_db, k))).astype(np.float32),
+      S_batch=np.where(rng.random((n, num_db)) < 0.3, 1.0, -0.5).astype(np.float32),
+      omega=np.arange(n), images=None, gamma=200.0, code_length=k)
+
+
+def test_weighted_total_computes_only_the_weighted_registered_terms(monkeypatch):
+  def never(inputs):
+    raise AssertionError('a term with all weights 0 was computed')
+
+  monkeypatch.setitem(losses.TERMS, 'never', losses.Term(never, (0.0, 0.0)))
+  inputs = _inputs()
+  weights = {'hash': (1.0, 1.0), 'rec': (0.0, 1.0), 'never': (0.0, 0.0), 'img': (0.0, 0.0)}
+  total, terms = losses.weighted_total(inputs, 1, weights)
+  assert set(terms) == {'hash', 'rec'}  # img would fail here: these inputs have no images
+  want = losses.loss_terms(inputs.output.u, inputs.B, inputs.S_batch, inputs.omega,
+                           inputs.output.v, inputs.output.v_hat, gamma=200.0, code_length=6)
+  assert float(terms['hash']) == float(want['hash']) and float(total) == float(want['hash'])
+  with pytest.raises(ValueError, match=r"no loss terms named \['hahs'\]"):
+    losses.weighted_total(inputs, 1, {'hahs': (1.0, 1.0)})

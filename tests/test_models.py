@@ -102,9 +102,10 @@ def _forward_losses(model, params, batch_stats, images, phase, weights, key=jax.
   B = jnp.sign(jax.random.normal(k1, (num_db, model.bits)))
   S = jnp.where(jax.random.uniform(k2, (n, num_db)) < 0.3, 1.0, -0.3)
   omega = jnp.arange(n)
-  terms = losses.network_loss_terms(out, B, S, omega, jax.nn.sigmoid(images), gamma=200.0,
-                                    code_length=model.bits)
-  return losses.total_loss(terms, phase, weights), (terms, mutated)
+  inputs = losses.LossInputs(output=out, B=B, S_batch=S, omega=omega,
+                             images=jax.nn.sigmoid(images), gamma=200.0, code_length=model.bits)
+  loss, terms = losses.weighted_total(inputs, phase, weights)
+  return loss, (terms, mutated)
 
 
 def test_small_forward_backward_is_finite(small):

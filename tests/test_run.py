@@ -18,6 +18,7 @@ import pytest
 
 from aah_jax import checkpoint, image_files, preemption, run_log
 from configs import tiny
+from tolerances import summation_bound
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EVERY_STEPS = 20  # checkpoint interval of these runs: 45 steps per outer iteration
@@ -44,11 +45,12 @@ def _last_logged_step(workdir) -> int:
   return max(steps, default=0)
 
 
-def _start_and_signal(command, workdir, at_step: int, signum, output) -> int:
-  """Runs command until its log shows a step ≥ at_step, sends it signum, and returns its
-  exit code; stdout and stderr go to the files output.out and output.err."""
+def _start_and_signal(command, workdir, at_step: int, signum, output, env=None) -> int:
+  """Runs command (in env, default _env()) until its log shows a step ≥ at_step, sends it
+  signum, and returns its exit code; stdout and stderr go to output.out and output.err."""
   with open(f'{output}.out', 'w') as out, open(f'{output}.err', 'w') as err:
-    process = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=out, stderr=err, text=True)
+    process = subprocess.Popen(command, cwd=REPO, env=env or _env(), stdout=out, stderr=err,
+                               text=True)
     deadline = time.time() + 600
     while _last_logged_step(workdir) < at_step:
       assert process.poll() is None, pathlib.Path(f'{output}.err').read_text()[-4000:]
@@ -176,6 +178,49 @@ def test_killed_and_preempted_run_continues_exactly(tiny_run, data_dir, tmp_path
     np.testing.assert_array_equal(flat_actual[key], value, err_msg=key)
   # The logs read as one run: every step once, in order.
   assert [r['step'] for r in run_log.read_metrics(workdir, 'step')] == list(range(1, 451))
+
+
+def test_a_resumed_run_loads_its_compiled_programs_from_the_workdir(data_dir, tmp_path):
+  """Without JAX_COMPILATION_CACHE_DIR (the suite's shared cache), the main job keeps its
+  compiled programs in WORKDIR/xla_cache; the resumed run loads the train step from there."""
+  workdir = tmp_path / 'run'
+  command = _train_command(workdir, data_dir)
+  env = {k: v for k, v in _env().items() if k != 'JAX_COMPILATION_CACHE_DIR'}
+  first = _start_and_signal(command, workdir, 5, signal.SIGTERM, tmp_path / 'first', env=env)
+  assert first == 0, (tmp_path / 'first.err').read_text()[-4000:]
+  assert any((workdir / 'xla_cache').iterdir())
+  saved = max(_checkpoint_steps(workdir))
+  second = _start_and_signal(command, workdir, saved + 2, signal.SIGTERM, tmp_path / 'second',
+                             env=dict(env, JAX_LOG_COMPILES='1'))
+  log = (tmp_path / 'second.err').read_text()
+  assert second == 0, log[-4000:]
+  assert "Persistent compilation cache hit for 'jit_train_step'" in log, log[-4000:]
+
+
+TINY_SIZES = ('--config.data.builder_config=tiny', '--config.model.num_attention_maps=2',
+              '--config.model.generator_base_channels=16', '--config.model.embed_dim=64',
+              '--config.train.num_samples=480', '--config.train.batch_size=32',
+              '--config.eval.batch_size=128', '--config.log.report=False')
+
+
+def test_the_worked_variant_trains_its_new_term_and_the_tools_know_it(data_dir, tmp_path):
+  """configs/variants/bit_balance.py (one file: a term, its registration, its weights) trains
+  with the term in the loss and the logs; aah-eval restores the run, term and all."""
+  workdir = tmp_path / 'run'
+  result = _run([sys.executable, '-m', 'aah_jax.main', '--config=configs/variants/bit_balance.py',
+                 f'--workdir={workdir}', f'--config.data.data_dir={data_dir}', *TINY_SIZES,
+                 '--config.train.num_iterations=2', '--config.train.epochs=1'])
+  assert result.returncode == 0, result.stderr[-4000:]
+  steps = run_log.read_metrics(workdir, 'step')
+  assert len(steps) == 30 and all(0 < r['balance'] < 1 for r in steps)  # (1/k)Σ mean², |u| < 1
+  weights = dict(tiny.get_config().loss.weights, balance=(0.1, 0.1))
+  for record in steps:
+    parts = [weights[name][int(record['phase']) - 1] * record[name] for name in weights]
+    # A float32 sum of 6 weighted non-negative terms: error ≤ (6 + 1)·eps·Σ (Higham §4.2).
+    assert abs(record['loss'] - sum(parts)) <= summation_bound(7, sum(parts)), record
+  evaluated = _run([sys.executable, '-m', 'aah_jax.cli.aah_eval', f'--workdir={workdir}',
+                    f'--config.data.data_dir={data_dir}'])
+  assert evaluated.returncode == 0, evaluated.stderr[-4000:]
 
 
 def test_a_second_ctrl_c_interrupts_at_once():

@@ -8,7 +8,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 import pytest
 
-from aah_jax import adsh, input_pipeline, train
+from aah_jax import adsh, input_pipeline, losses, train
 from aah_jax.datasets import bird_renderer
 from aah_jax.models import create_model, init_variables, precision
 from configs import tiny
@@ -142,6 +142,39 @@ def test_schedule_phases_and_learning_rate():
   lrs = np.asarray(schedule.learning_rate_at(steps))
   # float32(0.1) is within eps/2 of 0.1, and 0.1·0.1 adds one more rounding: ≤ 2·eps relative.
   np.testing.assert_allclose(lrs, [0.1] * 27 + [0.01] * 3, rtol=2 * EPS32)
+
+
+def test_phase_boundaries_make_any_number_of_phases():
+  schedule = train.Schedule(num_iterations=8, steps_per_iteration=1, learning_rate=0.1,
+                            lr_decay_fraction=0.9, lr_decay_factor=0.1,
+                            phase_boundaries=(0.25, 0.75))
+  assert schedule.num_phases == 3
+  np.testing.assert_array_equal(schedule.phase(jnp.arange(8)), [1, 1, 2, 2, 2, 2, 3, 3])
+  single = train.Schedule(8, 1, 0.1, 0.9, 0.1, phase_boundaries=())
+  np.testing.assert_array_equal(single.phase(jnp.arange(8)), [1] * 8)
+
+
+def test_the_step_takes_another_objective():
+  """loss_fn replaces the objective: here quant alone, twice over, as the term 'twice_quant'.
+  The step's metrics are that objective's terms and its gradient is the one that moves W."""
+  state, batches, kwargs = _setup()
+
+  def twice_quant(inputs, phase, weights):
+    del phase, weights
+    quant = losses.TERMS['quant'].fn(inputs)
+    return 2.0 * quant, {'twice_quant': 2.0 * quant}
+
+  devices = jax.devices()[:1]
+  swapped, history = _run_steps(devices, state, batches[:1], dict(kwargs, loss_fn=twice_quant))
+  assert set(history[0]) == {'twice_quant', 'loss', 'lr', 'phase'}
+  assert float(history[0]['loss']) == float(history[0]['twice_quant']) > 0
+  default, _ = _run_steps(devices, state, batches[:1], kwargs)
+  w0 = state.params['attribute_codec']['W']
+  w_swapped = swapped.params['attribute_codec']['W']
+  w_default = default.params['attribute_codec']['W']
+  assert not np.array_equal(w_swapped, w0) and not np.array_equal(w_swapped, w_default)
+  # The objective changes nothing outside the step: U still gets the batch's u.
+  np.testing.assert_array_equal(swapped.U[:BATCH] != 0, default.U[:BATCH] != 0)
 
 
 def test_bad_batch_sizes_fail_before_compute():
