@@ -14,15 +14,7 @@ import ml_dtypes
 import numpy as np
 from PIL import Image
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-
-
-def normalize(image_uint8, dtype=np.float32) -> np.ndarray:
-  """uint8 RGB → ImageNet mean/std normalised, as float32 (or dtype, e.g. bfloat16)."""
-  image = ((np.asarray(image_uint8, np.float32) / 255.0) - IMAGENET_MEAN) / IMAGENET_STD
-  return image.astype(dtype)
-
+from aah_jax.normalization import normalize
 
 IMAGE_DTYPES = {'float32': np.float32, 'bfloat16': ml_dtypes.bfloat16}
 
@@ -33,11 +25,6 @@ def _iterate(dataset, num_threads: int, num_workers: int):
   if num_workers > 0:
     iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return iter(iterable)
-
-
-def to_unit_range(images):
-  """Inverse of ``normalize`` (numpy or jax arrays): the image scaled to [0, 1]."""
-  return images * IMAGENET_STD + IMAGENET_MEAN
 
 
 def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -14,15 +14,14 @@ import html
 import os
 from typing import Optional
 
-import matplotlib
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax  # pylint: disable=wrong-import-position
-import numpy as np  # pylint: disable=wrong-import-position
+import jax
+from matplotlib import ticker
+from matplotlib.figure import Figure
+import numpy as np
 
-from aah_jax import evaluation, files, gallery, input_pipeline, losses, retrieval, run_log  # pylint: disable=wrong-import-position
-from aah_jax.codes import hash_codes  # pylint: disable=wrong-import-position
-from aah_jax.mesh import to_host  # pylint: disable=wrong-import-position
+from aah_jax import evaluation, files, gallery, input_pipeline, losses, retrieval, run_log
+from aah_jax.codes import hash_codes
+from aah_jax.mesh import to_host
 
 REPORT_DIR = 'report'
 GALLERY_QUERIES = 8
@@ -96,15 +95,20 @@ def collect(run, variables: dict, B: Optional[np.ndarray], workdir: str, *, titl
                     attention=None if attention is None else np.asarray(attention))
 
 
+def _subplots(*grid, **options):
+  """(figure, axes) without pyplot: the report leaves matplotlib's global backend alone."""
+  fig = Figure(figsize=options.pop('figsize'))
+  return fig, fig.subplots(*grid, **options)
+
+
 def _save(fig, folder: str, name: str) -> str:
   fig.tight_layout()
   fig.savefig(os.path.join(folder, name), dpi=100)
-  plt.close(fig)
   return name
 
 
 def _loss_figure(data: ReportData, folder: str):
-  fig, ax = plt.subplots(figsize=(8, 4.5))
+  fig, ax = _subplots(figsize=(8, 4.5))
   steps = [r['step'] for r in data.steps]
   positive = True
   for term in ('loss', *losses.TERMS):  # the terms the run computed (others are absent)
@@ -119,20 +123,20 @@ def _loss_figure(data: ReportData, folder: str):
 
 
 def _map_figure(data: ReportData, folder: str):
-  fig, ax = plt.subplots(figsize=(7, 4))
+  fig, ax = _subplots(figsize=(7, 4))
   for key, label in (('map_learned_db', 'learned B'), ('map_encoded_db', 'encoded database'),
                      ('map_random', 'random codes')):
     points = [(r['iteration'], r[key]) for r in data.iterations if key in r]
     if points:
       ax.plot(*zip(*points), marker='o', label=label)
   ax.set(xlabel='outer iteration', ylabel='mAP@all', title='mAP per outer iteration')
-  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   ax.legend()
   return _save(fig, folder, 'map.png')
 
 
 def _curve_figures(data: ReportData, folder: str):
-  fig, ax = plt.subplots(figsize=(6, 5))
+  fig, ax = _subplots(figsize=(6, 5))
   for name, curves in data.curves.items():
     pr = curves['pr_curve_by_radius']
     ax.plot(pr['recall'], pr['precision'], marker='.', label=name)
@@ -140,7 +144,7 @@ def _curve_figures(data: ReportData, folder: str):
          xlim=(0, 1.02), ylim=(0, 1.02))
   ax.legend()
   pr_name = _save(fig, folder, 'pr_curve.png')
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, ax = _subplots(figsize=(6, 4))
   for name, curves in data.curves.items():
     ks = [int(k) for k in curves['precision_at_k']]
     ax.plot(ks, list(curves['precision_at_k'].values()), marker='o', label=name)
@@ -150,7 +154,7 @@ def _curve_figures(data: ReportData, folder: str):
 
 
 def _bits_figure(data: ReportData, folder: str):
-  fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+  fig, (left, right) = _subplots(1, 2, figsize=(10, 4))
   codes = np.where(data.B >= 0, 1.0, -1.0)
   left.bar(np.arange(codes.shape[1]), codes.mean(axis=0))
   left.set(xlabel='bit', ylabel='mean code', ylim=(-1, 1), title='bit balance (0 = balanced)')
@@ -167,7 +171,7 @@ def _attention_figure(data: ReportData, folder: str):
     return None
   maps = min(ATTENTION_MAPS, data.attention.shape[-1])
   n = len(data.attention_images)
-  fig, axes = plt.subplots(n, maps + 1, figsize=(1.6 * (maps + 1), 1.6 * n), squeeze=False)
+  fig, axes = _subplots(n, maps + 1, figsize=(1.6 * (maps + 1), 1.6 * n), squeeze=False)
   size = data.attention_images.shape[1]
   for i in range(n):
     axes[i, 0].imshow(data.attention_images[i])

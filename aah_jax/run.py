@@ -1,4 +1,5 @@
-"""The run: the outer loop of ``aah_jax.train`` with checkpoints, logs and evaluation.
+"""The run: the outer iterations of ``aah_jax.algorithm`` with checkpoints, logs,
+evaluation and preemption around them, then results.json and the report.
 
 ``prepare(config)`` builds what training and the tools (aah-eval, aah-index, …) share:
 the mesh, the network, the data and the compiled encoder. ``train_and_evaluate`` runs
@@ -22,7 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from aah_jax import adsh, checkpoint, convert, datasets, evaluation, files, input_pipeline
+from aah_jax import algorithm, checkpoint, convert, datasets, evaluation, files, input_pipeline
 from aah_jax import losses
 from aah_jax import mesh as mesh_lib
 from aah_jax import preemption, pretrained, report, run_log, train, workdir_lock
@@ -32,8 +33,7 @@ from aah_jax.models import A2NetPlusPlus, precision
 RESULTS_FILE = 'results.json'
 
 
-class NonFiniteLoss(FloatingPointError):
-  """A train step produced a NaN or infinite loss; no checkpoint holds its state."""
+NonFiniteLoss = algorithm.NonFiniteLoss
 
 
 @dataclasses.dataclass
@@ -138,14 +138,6 @@ def prepare(config: ml_collections.ConfigDict) -> Run:
   return Run(config=config, mesh=mesh_lib.make_mesh(), model=model, schedule=schedule, tx=tx)
 
 
-def sample_omega(seed: int, iteration: int, num_database: int, num_samples: int) -> np.ndarray:
-  """Ω of an outer iteration: num_samples database indices, the same on every process."""
-  return np.random.default_rng([seed, iteration]).permutation(num_database)[:num_samples]
-
-
-# ----------------------------------------------------------------------------- resuming
-
-
 def new_progress(config, num_database: int) -> dict:
   return {'config': config.to_dict(), 'num_database': num_database, 'history': [],
           'step_metrics': [], 'wall_time_seconds': 0.0}
@@ -185,24 +177,60 @@ def restore_or_init(run: Run, ckpts: checkpoint.RunCheckpoints, workdir: str):
 # ----------------------------------------------------------------------------- the loop
 
 
-def _mean_metrics(metrics: list[dict]) -> dict:
-  return {name: float(np.mean(np.asarray([m[name] for m in metrics], np.float64)))
-          for name in metrics[0]}
-
-
-def _check_finite(step: int, iteration: int, metrics: dict):
-  bad = {name: value for name, value in metrics.items() if not np.isfinite(value)}
-  if bad:
-    terms = ', '.join(f'{name}={value}' for name, value in bad.items())
-    raise NonFiniteLoss(f'non-finite loss at step {step} (outer iteration {iteration + 1}): '
-                        f'{terms}; stopped without saving it, the last checkpoint is intact')
-
-
 def _progress_line(record: dict, num_iterations: int, eta: float) -> str:
   shown = ' '.join(f'{name}={record[name]:.4g}' for name in
                    ('loss', *losses.TERMS, 'map_learned_db') if name in record)
   return (f'[{record["iteration"]}/{num_iterations}] phase {record["phase"]} {shown} '
           f'({record["seconds"]:.1f}s, eta {eta:.0f}s)')
+
+
+class _Session:
+  """The loop around the algorithm (``algorithm.StepHooks``): logs each step, saves every
+  checkpoint.every_steps and at each iteration's end (``save``, the one save site), and
+  on SIGTERM or Ctrl-C saves at the next step boundary and raises Preempted. ``progress``
+  is what a checkpoint stores beside the state (see ``new_progress``)."""
+
+  def __init__(self, config, ckpts: checkpoint.RunCheckpoints, log: run_log.RunLog, stop,
+               progress: dict, first_iteration: int, start_time: float):
+    self.progress, self._config = progress, config
+    self._ckpts, self._log, self._stop = ckpts, log, stop
+    self._first_iteration, self._start_time = first_iteration, start_time
+    self._prior_seconds = progress['wall_time_seconds']
+
+  def wall_time(self) -> float:
+    return self._prior_seconds + time.time() - self._start_time
+
+  def step_read(self, step: int, iteration: int, metrics: dict):
+    self._log.step(step, iteration, metrics, self._config.train.batch_size)
+
+  def after_step(self, step: int, state, metrics: algorithm.StepMetrics):
+    stopping = self._stop.requested(step)
+    every = self._config.checkpoint.every_steps
+    if stopping or (every and step % every == 0):
+      self.save(step, state, metrics.read_all())
+    if stopping:
+      self._ckpts.wait()
+      raise preemption.Preempted(step)
+
+  def save(self, step: int, state, step_metrics: list, map_learned_db=None):
+    self.progress = dict(self.progress, step_metrics=step_metrics,
+                         wall_time_seconds=self.wall_time())
+    self._ckpts.save(step, state, self.progress, map_learned_db)
+
+  def end_iteration(self, step: int, state, record: dict):
+    """Logs and saves the finished iteration; stops here if asked to (unless it was the
+    last)."""
+    self.progress = dict(self.progress, history=self.progress['history'] + [record])
+    self._log.iteration(step, record)
+    self.save(step, state, [], record.get('map_learned_db'))
+    num_iterations, done = self._config.train.num_iterations, record['iteration']
+    if jax.process_index() == 0:
+      eta = (time.time() - self._start_time) / (done - self._first_iteration) * (
+          num_iterations - done)
+      print(_progress_line(record, num_iterations, eta), flush=True)
+    if done < num_iterations and self._stop.requested(step):
+      self._ckpts.wait()
+      raise preemption.Preempted(step)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -219,130 +247,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return _train_and_evaluate(config, workdir)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  start_time = time.time()
-  is_main = jax.process_index() == 0
-  run = prepare(config)
-  config = run.config  # dtypes decided
+def _train(run: Run, workdir: str, start_time: float):
+  """The outer iterations from wherever the workdir's checkpoints are: (final state, the
+  run's progress, the last evaluation's (query u, database u) or Nones)."""
+  config, spi = run.config, run.schedule.steps_per_iteration
   tc, cc = config.train, config.checkpoint
   ckpts = checkpoint.RunCheckpoints(workdir, keep=cc.keep, async_save=cc.async_save)
   if ckpts.latest_step() is None:  # a fresh start needs the pretrained weights (the tools don't)
     pretrained.check(config.model.get('pretrained'))
   train.validate_num_samples(config, run.num_database)
-  schedule, db_labels = run.schedule, run.db_labels
-  steps_per_iteration = schedule.steps_per_iteration
-  batches_per_epoch = tc.num_samples // tc.batch_size
-  total_steps = tc.num_iterations * steps_per_iteration
-
   state, progress = restore_or_init(run, ckpts, workdir)
-  history = progress['history']
-  prior_seconds = progress['wall_time_seconds']
-
-  replicated, batch_sharding = mesh_lib.replicated(run.mesh), mesh_lib.batch_sharded(run.mesh)
-  step_fn = train.compile_train_step(run.mesh, model=run.model, tx=run.tx, schedule=schedule,
-                                     weights=train.loss_weights(config), gamma=config.loss.gamma)
-  update_codes = train.make_database_update(run.mesh, run.num_database, config.loss.gamma,
-                                            config.loss.soft_similarity)
-  negative_weight = jax.jit(functools.partial(adsh.negative_weight,
-                                              soft=config.loss.soft_similarity),
-                            out_shardings=replicated)
-  log = run_log.RunLog(workdir, enabled=is_main, start_step=int(to_host(state.step)),
-                       total_steps=total_steps, print_every_steps=config.log.every_steps,
+  start_step = int(to_host(state.step))
+  programs = algorithm.Programs.compile(config, run.mesh, run.model, run.tx, run.schedule,
+                                        run.num_database)
+  log = run_log.RunLog(workdir, enabled=jax.process_index() == 0, start_step=start_step,
+                       total_steps=tc.num_iterations * spi,
+                       print_every_steps=config.log.every_steps,
                        tensorboard=config.log.tensorboard)
-
-  def snapshot(step_metrics: list) -> dict:
-    return dict(progress, history=history, step_metrics=step_metrics,
-                wall_time_seconds=prior_seconds + time.time() - start_time)
-
-  def train_on_omega(state, iteration: int, omega: np.ndarray, stop):
-    """The iteration's remaining steps (train.epochs epochs over Ω, each in a fresh order):
-    saves every checkpoint.every_steps, stops on SIGTERM, checks each step's loss."""
-    metrics, progress['step_metrics'] = list(progress['step_metrics']), []
-    first = iteration * steps_per_iteration
-    done = int(to_host(state.step)) - first
-    pending = []  # the last step's metrics, read one step late so dispatch runs ahead
-
-    def flush():
-      for step, step_metrics in pending:
-        host = {name: float(to_host(value)) for name, value in step_metrics.items()}
-        _check_finite(step, iteration, host)
-        metrics.append(host)
-        log.step(step, iteration + 1, host, tc.batch_size)
-      pending.clear()
-
-    for epoch in range(tc.epochs):
-      start_batch = max(0, done - epoch * batches_per_epoch)
-      if start_batch >= batches_per_epoch:
-        continue
-      seeds = np.random.SeedSequence([config.seed, iteration, epoch])
-      order = np.random.default_rng(seeds).permutation(tc.num_samples)
-      batches = input_pipeline.train_epoch(
-          run.db_source, omega, order, global_batch=tc.batch_size, image_size=config.image_size,
-          crop_scale=config.data.train_crop_scale, seed=int(seeds.generate_state(1)[0]),
-          num_threads=config.data.num_threads, num_workers=config.data.num_workers,
-          dtype=input_pipeline.IMAGE_DTYPES[config.data.image_dtype],
-          process_index=jax.process_index(), process_count=jax.process_count(),
-          start_batch=start_batch)
-      on_device = mesh_lib.prefetch_to_device(batches, batch_sharding, config.data.prefetch)
-      for batch_index, batch in enumerate(on_device, start=start_batch):
-        state, step_metrics = step_fn(state, batch)
-        flush()
-        step = first + epoch * batches_per_epoch + batch_index + 1
-        pending.append((step, step_metrics))
-        if step - first == steps_per_iteration:
-          continue  # the iteration's end saves (and answers SIGTERM) after the DCC sweep
-        stopping = stop.requested(step)
-        if stopping or (cc.every_steps and step % cc.every_steps == 0):
-          flush()
-          ckpts.save(step, state, snapshot(metrics))
-        if stopping:
-          ckpts.wait()
-          raise preemption.Preempted(step)
-    flush()
-    return state, metrics
-
-  if is_main:
+  if jax.process_index() == 0:
     logging.info('%s: N=%d database, %d queries; %d devices; %d outer iterations × %d steps',
                  config.dataset, run.num_database, len(run.query_source), jax.device_count(),
-                 tc.num_iterations, steps_per_iteration)
-  first_iteration = len(history)
+                 tc.num_iterations, spi)
   final_u = (None, None)
   try:
     with preemption.StopSignal() as stop:
-      for iteration in range(len(history), tc.num_iterations):
+      session = _Session(config, ckpts, log, stop, progress, start_step // spi, start_time)
+      for iteration in range(start_step // spi, tc.num_iterations):
         iteration_start = time.time()
-        omega = sample_omega(config.seed, iteration, run.num_database, tc.num_samples)
-        state = state.replace(negative_weight=negative_weight(db_labels[omega], db_labels))
-        state, step_metrics = train_on_omega(state, iteration, omega, stop)
-        state = state.replace(
-            B=update_codes(state.B, state.U, omega, db_labels[omega], state.db_labels))
-
-        record = {'iteration': iteration + 1, **_mean_metrics(step_metrics)}
-        record['phase'] = int(record['phase'])
-        record['bit_balance'] = float(np.abs(to_host(state.B).mean(axis=0)).mean())
+        state, record = algorithm.outer_iteration(state, iteration, config, run.db_source,
+                                                  programs, session,
+                                                  session.progress['step_metrics'])
         every = config.eval.every_iterations
         if iteration + 1 == tc.num_iterations or (every and (iteration + 1) % every == 0):
           maps, final_u = run.evaluate(state)
           record.update(maps)
         record['seconds'] = time.time() - iteration_start
-        history.append(record)
-        step = (iteration + 1) * steps_per_iteration
-        log.iteration(step, record)
-        ckpts.save(step, state, snapshot([]), record.get('map_learned_db'))
-        if is_main:
-          elapsed = time.time() - start_time
-          done = iteration + 1 - first_iteration
-          print(_progress_line(record, tc.num_iterations,
-                               eta=elapsed / done * (tc.num_iterations - iteration - 1)),
-                flush=True)
-        if iteration + 1 < tc.num_iterations and stop.requested(step):
-          ckpts.wait()
-          raise preemption.Preempted(step)
+        session.end_iteration((iteration + 1) * spi, state, record)
   finally:
     ckpts.wait()
     ckpts.close()
     log.close()
+  return state, dict(session.progress, wall_time_seconds=session.wall_time()), final_u
 
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  start_time = time.time()
+  run = prepare(config)
+  config = run.config  # dtypes decided
+  state, progress, final_u = _train(run, workdir, start_time)
+  history = progress['history']
   final = history[-1]
   results = {
       'dataset': config.dataset,
@@ -356,12 +309,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
       'num_database': run.num_database,
       'num_queries': len(run.query_source),
       'num_devices': jax.device_count(),
-      'final_step': total_steps,
-      'wall_time_seconds': prior_seconds + time.time() - start_time,
+      'final_step': config.train.num_iterations * run.schedule.steps_per_iteration,
+      'wall_time_seconds': progress['wall_time_seconds'],
       'history': history,
       'config': config.to_dict(),
   }
-  if is_main:
+  if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     files.write_json(os.path.join(workdir, RESULTS_FILE), results)
   if config.log.report:
@@ -369,6 +322,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     data = report.collect(run, variables, to_host(state.B), workdir, query_u=final_u[0],
                           db_u=final_u[1], title=f'{config.dataset}, {config.bits} bits: '
                                                  f'training run {os.path.abspath(workdir)}')
-    if is_main:
+    if jax.process_index() == 0:
       report.write(data, workdir)
   return results

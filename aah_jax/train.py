@@ -1,8 +1,8 @@
 """Asymmetric training of A²-Net++ (docs/method.md §4).
 
 Read top to bottom: state → schedule and optimiser → the train step → database
-codes → checks and the initial state. The outer loop that drives them, with
-checkpoints and logs, is ``aah_jax.run``.
+codes → checks and the initial state. The outer iteration that drives them is
+``aah_jax.algorithm``; checkpoints, logs and evaluation around it are ``aah_jax.run``.
 """
 
 import dataclasses
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import optax
 
-from aah_jax import adsh, config_checks, input_pipeline, losses
+from aah_jax import adsh, config_checks, losses, normalization
 from aah_jax.models import A2NetPlusPlus, create_model, init_variables
 from aah_jax.models.precision import accumulation_dtype
 
@@ -158,7 +158,7 @@ def train_step(state: TrainState, batch: dict, *, model: A2NetPlusPlus,
     inputs = losses.LossInputs(
         output=output, B=state.B,
         S_batch=adsh.similarity_rows(batch['label'], state.db_labels, state.negative_weight),
-        omega=batch['index'], images=input_pipeline.to_unit_range(batch['image']),
+        omega=batch['index'], images=normalization.to_unit_range(batch['image']),
         gamma=gamma, code_length=model.bits)
     loss, terms = loss_fn(inputs, phase, weights)
     return loss, (terms, output.u, mutated['batch_stats'])

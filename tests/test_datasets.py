@@ -5,7 +5,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from aah_jax import datasets, input_pipeline
+from aah_jax import datasets, input_pipeline, normalization
 from aah_jax.datasets import bird_renderer, dataset_entry, load_builder
 from tolerances import EPS32
 
@@ -125,7 +125,7 @@ def test_transforms_keep_shape_and_normalise():
   x = input_pipeline.normalize(image)
   # Five float32 roundings (÷255, −mean, ÷std, ·std, +mean), each ≤ eps/2 of a value of
   # magnitude < 2.7 (normalised: (1 − 0.406)/0.225 = 2.64), the last ones scaled by std < 1.
-  np.testing.assert_allclose(input_pipeline.to_unit_range(x), image / 255.0, rtol=0,
+  np.testing.assert_allclose(normalization.to_unit_range(x), image / 255.0, rtol=0,
                              atol=5 * 2.7 * EPS32 / 2)
 
 

@@ -13,7 +13,8 @@ from torch import nn
 import torch.nn.functional as F
 
 from aah_jax import convert, pretrained
-from aah_jax.input_pipeline import IMAGENET_MEAN, IMAGENET_STD, resize_center_crop
+from aah_jax.input_pipeline import resize_center_crop
+from aah_jax.normalization import IMAGENET_MEAN, IMAGENET_STD
 from aah_jax.models import A2NetPlusPlus, EfficientNetLite, backbone_spec, init_variables
 from aah_jax.models.efficientnet import depthwise_by_shifts
 

@@ -223,6 +223,27 @@ def test_the_worked_variant_trains_its_new_term_and_the_tools_know_it(data_dir, 
   assert evaluated.returncode == 0, evaluated.stderr[-4000:]
 
 
+def test_a_run_saved_before_the_newer_config_fields_continues(tiny_run, data_dir, tmp_path):
+  """A checkpoint whose saved config lacks the fields added since (as one saved by aah_jax
+  before loss.phase_boundaries and loss.term_modules existed) continues to the same end as
+  the uninterrupted run (checkpoint.ADDED_FIELDS gives them their values)."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(tiny_run[0], workdir)
+  (workdir / 'results.json').unlink()
+  *_, older, newest = _checkpoint_steps(workdir)
+  shutil.rmtree(workdir / 'checkpoints' / str(newest))
+  progress_file = workdir / 'checkpoints' / str(older) / 'progress' / 'metadata'
+  progress = json.loads(progress_file.read_text())
+  del progress['config']['loss']['phase_boundaries'], progress['config']['loss']['term_modules']
+  progress_file.write_text(json.dumps(progress))
+  result = _run(_train_command(workdir, data_dir))
+  assert result.returncode == 0, result.stderr[-4000:]
+  assert f'from step {older}' in result.stderr
+  expected = json.loads((tiny_run[0] / 'results.json').read_text())
+  actual = json.loads((workdir / 'results.json').read_text())
+  assert _without_timing(actual) == _without_timing(expected)  # exact: as in the test above
+
+
 def test_a_second_ctrl_c_interrupts_at_once():
   before = signal.getsignal(signal.SIGINT)
   with preemption.StopSignal() as stop:
