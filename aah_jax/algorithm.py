@@ -36,6 +36,7 @@ class Programs:
   negative_weight: Callable
   rows: Callable  # (labels, Ω) → labels[Ω], replicated
   batch_sharding: Any
+  steps_per_iteration: int  # the schedule's, which also places a run (state.step)
 
   @classmethod
   def compile(cls, config: ml_collections.ConfigDict, mesh, model, tx, schedule,
@@ -50,7 +51,8 @@ class Programs:
         negative_weight=jax.jit(functools.partial(adsh.negative_weight, soft=soft),
                                 out_shardings=replicated),
         rows=jax.jit(lambda labels, omega: labels[omega], out_shardings=replicated),
-        batch_sharding=mesh_lib.batch_sharded(mesh))
+        batch_sharding=mesh_lib.batch_sharded(mesh),
+        steps_per_iteration=schedule.steps_per_iteration)
 
 
 class StepHooks(Protocol):
@@ -126,8 +128,8 @@ def train_on_omega(state: train.TrainState, iteration: int, omega: np.ndarray,
   drawn from (seed, iteration, epoch); U keeps the latest u of every sampled image."""
   tc, data = config.train, config.data
   batches_per_epoch = tc.num_samples // tc.batch_size
-  first = iteration * batches_per_epoch * tc.epochs
-  last = first + batches_per_epoch * tc.epochs
+  first = iteration * programs.steps_per_iteration
+  last = first + programs.steps_per_iteration
   done = int(to_host(state.step)) - first  # steps a resumed iteration has taken
   for epoch in range(tc.epochs):
     start_batch = max(0, done - epoch * batches_per_epoch)
