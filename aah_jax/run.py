@@ -1,4 +1,4 @@
-"""The run: the outer iterations of ``aah_jax.algorithm`` with checkpoints, logs,
+"""The run: the outer iterations of ``aah_jax.training.algorithm`` with checkpoints, logs,
 evaluation and preemption around them, then results.json and the report.
 
 ``prepare(config)`` builds what training and the tools (aah-eval, aah-index, …) share:
@@ -23,12 +23,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from aah_jax import algorithm, checkpoint, convert, datasets, evaluation, files, input_pipeline
-from aah_jax import losses
-from aah_jax import mesh as mesh_lib
-from aah_jax import preemption, pretrained, report, run_log, train, workdir_lock
-from aah_jax.mesh import to_host
-from aah_jax.models import A2NetPlusPlus, precision
+from aah_jax.analysis import report
+from aah_jax.common import files, mesh as mesh_lib, preemption, workdir_lock
+from aah_jax.common.mesh import to_host
+from aah_jax.data import datasets, input_pipeline
+from aah_jax.models import A2NetPlusPlus, convert, precision, pretrained
+from aah_jax.training import algorithm, checkpoint, evaluation, losses, run_log, train
 
 RESULTS_FILE = 'results.json'
 
@@ -62,17 +62,19 @@ class Run:
     return builder or load()
 
   @functools.cached_property
-  def _data(self) -> tuple:
+  def splits(self) -> evaluation.Splits:
+    """The queries (the test split) and the database (the training split)."""
     entry, builder = datasets.dataset_entry(self.config.dataset), self.builder
-    return (builder.as_data_source(entry.database_split),
-            builder.as_data_source(entry.query_split),
-            datasets.read_labels(builder, entry.database_split),
-            datasets.read_labels(builder, entry.query_split))
+    return evaluation.Splits(
+        query_source=builder.as_data_source(entry.query_split),
+        db_source=builder.as_data_source(entry.database_split),
+        query_labels=datasets.read_labels(builder, entry.query_split),
+        db_labels=datasets.read_labels(builder, entry.database_split))
 
-  db_source = property(lambda self: self._data[0])
-  query_source = property(lambda self: self._data[1])
-  db_labels = property(lambda self: self._data[2])
-  query_labels = property(lambda self: self._data[3])
+  db_source = property(lambda self: self.splits.db_source)
+  query_source = property(lambda self: self.splits.query_source)
+  db_labels = property(lambda self: self.splits.db_labels)
+  query_labels = property(lambda self: self.splits.query_labels)
 
   @property
   def num_database(self) -> int:
@@ -80,7 +82,7 @@ class Run:
 
   def init_state(self) -> train.TrainState:
     """The initial state; with config.model.pretrained, the trunk and both last-stage
-    copies start from that converted file (aah-convert) or named weights (aah_jax.pretrained)."""
+    copies start from that converted file (aah-convert) or named weights (aah_jax.models.pretrained)."""
     replicated = mesh_lib.replicated(self.mesh)
     state = jax.jit(self._init, out_shardings=replicated)(jax.random.key(self.config.seed))
     if not self.config.model.get('pretrained'):
@@ -318,10 +320,21 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     os.makedirs(workdir, exist_ok=True)
     files.write_json(os.path.join(workdir, RESULTS_FILE), results)
   if config.log.report:
-    variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    data = report.collect(run, variables, to_host(state.B), workdir, query_u=final_u[0],
-                          db_u=final_u[1], title=f'{config.dataset}, {config.bits} bits: '
-                                                 f'training run {os.path.abspath(workdir)}')
-    if jax.process_index() == 0:
-      report.write(data, workdir)
+    _write_report(run, state, final_u, workdir)
   return results
+
+
+def _write_report(run: Run, state: train.TrainState, final_u: tuple, workdir: str):
+  """WORKDIR/report/ of the final state (the last evaluation's u, or encoded again where a
+  finished run was rerun)."""
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  query_u, db_u = final_u
+  if query_u is None:
+    query_u, db_u = run.encode(variables, run.query_source), run.encode(variables, run.db_source)
+  config = run.config
+  data = report.collect(run.splits, run.model, variables, query_u, db_u, to_host(state.B),
+                        workdir, seed=config.seed, image_size=config.image_size,
+                        title=f'{config.dataset}, {config.bits} bits: training run '
+                              f'{os.path.abspath(workdir)}')
+  if jax.process_index() == 0:
+    report.write(data, workdir)

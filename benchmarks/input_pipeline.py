@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from aah_jax import datasets, input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from aah_jax.data import datasets, input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('images', 400, 'Images in the generated set.')

@@ -19,7 +19,7 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 from PIL import Image  # pylint: disable=wrong-import-position
 
-from aah_jax import image_files, input_pipeline  # pylint: disable=wrong-import-position
+from aah_jax.data import image_files, input_pipeline  # pylint: disable=wrong-import-position
 
 
 def _median_seconds(fn, rounds=3):

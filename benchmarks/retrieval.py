@@ -1,6 +1,6 @@
 """Retrieval benchmarks: ours against the tools people use, measured in the same run.
 
-    python benchmarks/retrieval.py [--food101] [--baseline_queries=500]
+    python benchmarks/ranking.py [--food101] [--baseline_queries=500]
 
 - mAP@all (and the tie-aware mAP) against the per-query loops of the widely copied
   evaluation code (Hamming distances, argsort, cumulative precision, one query at a
@@ -25,7 +25,8 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from aah_jax import adsh, retrieval  # pylint: disable=g-import-not-at-top
+from aah_jax.retrieval import ranking
+from aah_jax.training import adsh  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool('food101', False, 'Also run the Food-101 scale (25,250 × 75,750).')
@@ -89,15 +90,15 @@ def bench_map(name, num_queries, num_db, num_classes, bits, rng):
   flip = lambda labels: np.where(rng.random((len(labels), bits)) < 0.2, -1, 1)
   q = (centres[query_labels] * flip(query_labels)).astype(np.float32)
   db = (centres[db_labels] * flip(db_labels)).astype(np.float32)
-  retrieval.mean_average_precision(q[:2], db[:10], query_labels[:2], db_labels[:10])  # compile
-  retrieval.tie_aware_mean_average_precision(q[:2], db[:10], query_labels[:2], db_labels[:10])
-  ours, t_ours = timed(retrieval.mean_average_precision, q, db, query_labels, db_labels)
-  tie, t_tie = timed(retrieval.tie_aware_mean_average_precision, q, db, query_labels, db_labels)
+  ranking.mean_average_precision(q[:2], db[:10], query_labels[:2], db_labels[:10])  # compile
+  ranking.tie_aware_mean_average_precision(q[:2], db[:10], query_labels[:2], db_labels[:10])
+  ours, t_ours = timed(ranking.mean_average_precision, q, db, query_labels, db_labels)
+  tie, t_tie = timed(ranking.tie_aware_mean_average_precision, q, db, query_labels, db_labels)
   n = min(FLAGS.baseline_queries, num_queries)
   one_hot = np.eye(num_classes, dtype=np.float32)
   base, t_base = timed(per_query_map, q[:n], db, one_hot[query_labels[:n]], one_hot[db_labels])
   t_base_all = t_base * num_queries / n
-  ours_subset = retrieval.mean_average_precision(q[:n], db, query_labels[:n], db_labels)
+  ours_subset = ranking.mean_average_precision(q[:n], db, query_labels[:n], db_labels)
   print(f'{name}: {num_queries} × {num_db}, {bits} bits')
   print(f'  per-query loop: {t_base:.2f}s on {n} queries → {t_base_all:.1f}s for all '
         f'(its mAP on them {base:.4f}, ours on them {ours_subset:.4f}; the loop breaks '
@@ -155,12 +156,12 @@ def bench_search(bits, rng):
     return
   db = rng.choice([-1.0, 1.0], (1_000_000, bits))
   q = rng.choice([-1.0, 1.0], (1_000, bits))
-  packed_db, packed_q = retrieval.pack_codes(db), retrieval.pack_codes(q)
+  packed_db, packed_q = ranking.pack_codes(db), ranking.pack_codes(q)
   index = faiss.IndexBinaryFlat(bits)
   index.add(packed_db.words)
   (fd, fi), t_faiss = timed(index.search, packed_q.words, 100)
-  retrieval.search(packed_q[:2], packed_db[:200], 100)  # compile
-  (od, oi), t_ours = timed(retrieval.search, packed_q, packed_db, 100)
+  ranking.search(packed_q[:2], packed_db[:200], 100)  # compile
+  (od, oi), t_ours = timed(ranking.search, packed_q, packed_db, 100)
   print(f'search: 1,000 queries, top-100 of 1,000,000 {bits}-bit codes: faiss {t_faiss:.2f}s, '
         f'ours {t_ours:.2f}s, throughput ratio {t_faiss / t_ours:.2f}×, '
         f'distances identical {np.array_equal(np.sort(fd, 1), od)}')

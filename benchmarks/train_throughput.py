@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from aah_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from aah_jax.training import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from aah_jax.models import create_model, precision  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import cub200, default  # pylint: disable=g-import-not-at-top,wrong-import-position
 

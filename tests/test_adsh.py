@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from aah_jax import adsh
+from aah_jax.training import adsh
 from tolerances import EPS32
 
 # A soft similarity entry is 1 or −r, r = (count of pairs sharing a label) / (count not sharing),

@@ -1,6 +1,6 @@
 """Where the main job keeps its compiled programs (the run itself: test_run.py)."""
 
-from aah_jax import compile_cache
+from aah_jax.common import compile_cache
 
 
 def test_the_flag_wins_then_the_environment_then_the_workdir(monkeypatch):

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from aah_jax import config_checks
 from aah_jax import run as run_lib
+from aah_jax.training import config_checks
 from configs import tiny
 
 BAD = [  # (field, value, fragment of the message)

@@ -8,8 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from aah_jax import convert
-from aah_jax.models import A2NetPlusPlus, init_variables
+from aah_jax.models import A2NetPlusPlus, convert, init_variables
 
 
 class _Basic(nn.Module):

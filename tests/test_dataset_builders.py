@@ -11,8 +11,8 @@ from PIL import Image
 import pytest
 import scipy.io
 
-from aah_jax import datasets
-from aah_jax.datasets.generic import AahCifar10
+from aah_jax.data import datasets
+from aah_jax.data.datasets.generic import AahCifar10
 
 
 def _image(path, value, size=(24, 20)):

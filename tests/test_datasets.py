@@ -5,8 +5,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from aah_jax import datasets, input_pipeline, normalization
-from aah_jax.datasets import bird_renderer, dataset_entry, load_builder
+from aah_jax.common import normalization
+from aah_jax.data import datasets, input_pipeline
+from aah_jax.data.datasets import bird_renderer, dataset_entry, load_builder
 from tolerances import EPS32
 
 

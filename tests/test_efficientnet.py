@@ -12,10 +12,10 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from aah_jax import convert, pretrained
-from aah_jax.input_pipeline import resize_center_crop
-from aah_jax.normalization import IMAGENET_MEAN, IMAGENET_STD
-from aah_jax.models import A2NetPlusPlus, EfficientNetLite, backbone_spec, init_variables
+from aah_jax.common.normalization import IMAGENET_MEAN, IMAGENET_STD
+from aah_jax.data.input_pipeline import resize_center_crop
+from aah_jax.models import A2NetPlusPlus, EfficientNetLite, backbone_spec, convert, init_variables
+from aah_jax.models import pretrained
 from aah_jax.models.efficientnet import depthwise_by_shifts
 
 # efficientnet_lite_builder.py's block strings r{repeats}_k{kernel}_s{stride}_e{expand}_o{out}.

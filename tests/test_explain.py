@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from aah_jax import explain
+from aah_jax.analysis import explain
 
 
 def _brute_force_auc(scores, positive):

@@ -10,8 +10,8 @@ import numpy as np
 from PIL import ExifTags, Image
 import pytest
 
-from aah_jax import image_decode, image_files
-from aah_jax.datasets import archive
+from aah_jax.data import image_decode, image_files
+from aah_jax.data.datasets import archive
 
 RNG = np.random.default_rng(0)
 

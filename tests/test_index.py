@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from aah_jax import index as index_lib, retrieval
+from aah_jax.retrieval import index as index_lib, ranking
 
 
 def _index(n=50, bits=20, multi_hot=False, seed=0):
@@ -27,12 +27,12 @@ def test_round_trip_keeps_everything(tmp_path, multi_hot):
   index_lib.save_index(path, index)
   loaded = index_lib.load_index(path)
   assert loaded.bits == 20 and len(loaded) == 50 and loaded.meta == index.meta
-  np.testing.assert_array_equal(loaded.codes.words, retrieval.pack_codes(codes).words)
+  np.testing.assert_array_equal(loaded.codes.words, ranking.pack_codes(codes).words)
   np.testing.assert_array_equal(loaded.labels, index.labels)
   np.testing.assert_array_equal(loaded.ids, np.arange(50) + 100)
   assert list(loaded.paths) == [f'/data/vögel/{i}.jpg' for i in range(50)]
   queries = np.random.default_rng(1).choice([-1, 1], (4, 20))
-  for got, want in zip(loaded.search(queries, 6), retrieval.search(queries, codes, 6)):
+  for got, want in zip(loaded.search(queries, 6), ranking.search(queries, codes, 6)):
     np.testing.assert_array_equal(got, want)
   assert list(tmp_path.iterdir()) == [tmp_path / 'codes.idx']  # no temporary file left
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aah_jax import losses
+from aah_jax.training import losses
 from tolerances import summation_bound
 
 

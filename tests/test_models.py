@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aah_jax import losses
-from aah_jax.codes import hash_codes
 from aah_jax.models import A2NetPlusPlus, ResNet, backbone_spec, init_variables
 from aah_jax.models.a2net import local_features
 from aah_jax.models.image_decoder import _transposed_conv, generator_geometry
 from aah_jax.models.norm import BatchNorm
+from aah_jax.retrieval.codes import hash_codes
+from aah_jax.training import losses
 from tolerances import EPS32, summation_bound
 
 

@@ -13,7 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from aah_jax import checkpoint, datasets, run_log
+from aah_jax.data import datasets
+from aah_jax.training import checkpoint, run_log
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Two steps of 32 images (Ω = 64, one epoch), one DCC sweep, the evaluation.

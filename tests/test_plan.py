@@ -10,7 +10,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 import numpy as np
 import pytest
 
-from aah_jax import plan
+from aah_jax.analysis import plan
 from aah_jax.models import precision
 from configs import default_pretrained, tiny
 

@@ -16,7 +16,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from aah_jax import checkpoint, image_files, preemption, run_log
+from aah_jax.common import preemption
+from aah_jax.data import image_files
+from aah_jax.training import checkpoint, run_log
 from configs import tiny
 from tolerances import summation_bound
 
@@ -118,6 +120,13 @@ def test_tiny_config_trains_end_to_end(tiny_run):
   assert results['map_random'] < 0.035
   assert results['map_learned_db'] > 2.5 * results['map_random'], results
   assert results['map_encoded_db'] > 2.5 * results['map_random'], results
+
+
+def test_checkpoints_name_no_code(tiny_run):
+  # A checkpoint holds arrays by state field and JSON (progress, config): no module or class
+  # path, so moving aah_jax's modules leaves every saved run restorable.
+  saved = [path for path in (tiny_run[0] / 'checkpoints').rglob('*') if path.is_file()]
+  assert saved and not [path for path in saved if b'aah_jax' in path.read_bytes()]
 
 
 def test_logs_cover_every_step_and_iteration(tiny_run):
@@ -340,7 +349,7 @@ def _tool(name, *args):
 def _write_query_images(folder, data_dir, count=4):
   """Test-split images of the tiny set saved as PNG files in class folders (the last under
   a name that is not UTF-8: its bytes reach Python as surrogate escapes)."""
-  from aah_jax import datasets  # pylint: disable=g-import-not-at-top
+  from aah_jax.data import datasets  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   source = datasets.load_builder('synthetic_birds', 'tiny', str(data_dir)).as_data_source('test')
   paths = []
@@ -361,7 +370,7 @@ def test_index_and_search_tools(tiny_run, data_dir, tmp_path):
 
   result = _tool('aah_index', f'--workdir={workdir}', f'--out={tmp_path / "db.idx"}', data_flag)
   assert result.returncode == 0, result.stderr[-4000:]
-  from aah_jax import index as index_lib  # pylint: disable=g-import-not-at-top
+  from aah_jax.retrieval import index as index_lib  # pylint: disable=g-import-not-at-top
   database = index_lib.load_index(str(tmp_path / 'db.idx'))
   assert len(database) == 960 and database.bits == 12 and database.meta['step'] == 450
   assert database.paths[5] == 'synthetic_birds:train[5]'

@@ -8,9 +8,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 import pytest
 
-from aah_jax import adsh, input_pipeline, losses, train
-from aah_jax.datasets import bird_renderer
+from aah_jax.data import input_pipeline
+from aah_jax.data.datasets import bird_renderer
 from aah_jax.models import create_model, init_variables, precision
+from aah_jax.training import adsh, losses, train
 from configs import tiny
 from tolerances import EPS32
 

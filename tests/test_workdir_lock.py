@@ -10,12 +10,12 @@ import sys
 import pytest
 
 from aah_jax import run as run_lib
-from aah_jax import workdir_lock
+from aah_jax.common import workdir_lock
 from configs import tiny
 
 HOLD = """
 import sys, time
-from aah_jax import workdir_lock
+from aah_jax.common import workdir_lock
 with workdir_lock.hold(sys.argv[1], 'training'):
   print('held', flush=True)
   time.sleep(600)

@@ -17,9 +17,11 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from aah_jax import evaluation, files, report, workdir_lock
+from aah_jax.analysis import report
 from aah_jax.cli import common
-from aah_jax.codes import hash_codes
+from aah_jax.common import files, workdir_lock
+from aah_jax.retrieval.codes import hash_codes
+from aah_jax.training import evaluation
 
 FLAGS = flags.FLAGS
 common.define_run_flags()
@@ -70,9 +72,9 @@ def _main():
   curves = {name: numbers[key] for key, name in (('learned_db', 'learned B'),
                                                  ('encoded_db', 'encoded database'),
                                                  ('random', 'random codes')) if key in numbers}
-  data = report.collect(run, restored.variables,
+  data = report.collect(run.splits, run.model, restored.variables, query_u, db_u,
                         restored.B if restored.same_database() else None, FLAGS.workdir,
-                        query_u=query_u, db_u=db_u, curves=curves,
+                        seed=run.config.seed, image_size=run.config.image_size, curves=curves,
                         title=f'{run.config.dataset}, {run.config.bits} bits: aah-eval of step '
                               f'{restored.step} of {os.path.abspath(FLAGS.workdir)}')
   if jax.process_index() == 0:

@@ -4,7 +4,7 @@
 
 Encodes the split (and the database split) and writes RUN/explain/:
 - explain.json: for the split's codes, the encoded database's and random codes of the
-  same length, ``mean_best_auc`` and ``attributes_covered`` (``aah_jax.explain``), and
+  same length, ``mean_best_auc`` and ``attributes_covered`` (``aah_jax.analysis.explain``), and
   per bit its best-aligned attribute value with AUC and mutual information;
 - alignment.png: the bit × attribute-value heatmap of max(AUC, 1 − AUC);
 - bit_NN.png per bit: the images with the most positive and most negative u_j, with the
@@ -21,9 +21,12 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from aah_jax import datasets, evaluation, explain, files, input_pipeline, workdir_lock  # pylint: disable=wrong-import-position
+from aah_jax.analysis import explain
+from aah_jax.common import files, workdir_lock
+from aah_jax.data import datasets, input_pipeline
+from aah_jax.training import evaluation  # pylint: disable=wrong-import-position
 from aah_jax.cli import common  # pylint: disable=wrong-import-position
-from aah_jax.mesh import to_host  # pylint: disable=wrong-import-position
+from aah_jax.common.mesh import to_host  # pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
 common.define_run_flags()

@@ -5,7 +5,7 @@
 
 The network of the run's checkpoint (``--step``, default the latest) encodes every
 item with a jitted forward sharded over all devices; the codes are packed and written
-with labels, ids and paths (``aah_jax.index``). Default: the run's own database split.
+with labels, ids and paths (``aah_jax.retrieval.index``). Default: the run's own database split.
 """
 
 import os
@@ -14,9 +14,10 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from aah_jax import datasets, image_decode, image_files, index as index_lib
 from aah_jax.cli import common
-from aah_jax.codes import hash_codes
+from aah_jax.data import datasets, image_decode, image_files
+from aah_jax.retrieval import index as index_lib
+from aah_jax.retrieval.codes import hash_codes
 
 FLAGS = flags.FLAGS
 common.define_run_flags()

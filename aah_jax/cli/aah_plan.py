@@ -26,7 +26,8 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ml_collections import config_flags  # pylint: disable=wrong-import-position
 
-from aah_jax import files, plan  # pylint: disable=wrong-import-position
+from aah_jax.analysis import plan
+from aah_jax.common import files  # pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'ml_collections config file.', lock_config=True)

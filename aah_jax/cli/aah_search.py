@@ -13,10 +13,10 @@ import os
 from absl import app, flags
 import numpy as np
 
-from aah_jax import datasets, gallery, image_decode, image_files, index as index_lib
-from aah_jax import input_pipeline
 from aah_jax.cli import common
-from aah_jax.codes import hash_codes
+from aah_jax.data import datasets, image_decode, image_files, input_pipeline
+from aah_jax.retrieval import gallery, index as index_lib
+from aah_jax.retrieval.codes import hash_codes
 
 FLAGS = flags.FLAGS
 common.define_run_flags()

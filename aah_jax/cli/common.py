@@ -14,8 +14,8 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from aah_jax import checkpoint, run as run_lib
-from configs import default
+from aah_jax import run as run_lib
+from aah_jax.training import checkpoint, defaults
 
 
 def define_run_flags():
@@ -23,7 +23,7 @@ def define_run_flags():
   flags.DEFINE_integer('step', None, 'Checkpoint step to use (default: the latest).',
                        lower_bound=0)
   config_flags.DEFINE_config_dict(
-      'config', default.get_config(),
+      'config', defaults.get_config(),
       'Overrides of the config saved with the checkpoint, as --config.FIELD=VALUE.')
   flags.mark_flag_as_required('workdir')
 
@@ -90,7 +90,7 @@ def saved_config(workdir: str, step: Optional[int] = None,
 
 def _config_of(progress: dict, overrides: Optional[dict]) -> ml_collections.ConfigDict:
   # Fields added to aah_jax after the run was saved take their defaults.
-  config = default.get_config()
+  config = defaults.get_config()
   for dotted, value in checkpoint.flat_config(progress['config']).items():
     _set(config, dotted, tuple(value) if isinstance(value, list) else value)
   for dotted, value in (overrides or {}).items():

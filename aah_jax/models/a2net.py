@@ -128,7 +128,7 @@ class A2NetPlusPlus(nn.Module):
 def create_model(model_config) -> A2NetPlusPlus:
   """The network described by a ``config.model`` ConfigDict (or mapping)."""
   fields = dict(model_config)
-  fields.pop('pretrained', None)  # weights to start from: the run loads them (aah_jax.convert)
+  fields.pop('pretrained', None)  # weights to start from: the run loads them (aah_jax.models.convert)
   dtype = compute_dtype(fields.pop('dtype', 'float32'))
   unknown = set(fields) - set(A2NetPlusPlus.__dataclass_fields__)
   if unknown:

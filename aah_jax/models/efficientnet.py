@@ -27,7 +27,7 @@ import flax.linen as nn
 from jax import lax
 import jax.numpy as jnp
 
-from aah_jax.normalization import to_unit_range
+from aah_jax.common.normalization import to_unit_range
 from aah_jax.models.norm import BatchNorm
 from aah_jax.models.resnet import KAIMING_FAN_OUT, ModuleDef, global_average_pool
 

@@ -4,7 +4,7 @@ about half of a batch,
     balance = (1/k) Σ_j (mean_i F_ij)²      (F = u, the batch's attribute vectors).
 
 The whole change is this file: the term's function, its registration with default weights
-(aah_jax.losses.register_term), its weights in the config and this module in
+(aah_jax.training.losses.register_term), its weights in the config and this module in
 config.loss.term_modules (so that a resumed run and the tools know the term too).
 
     python -m aah_jax.main --config=configs/variants/bit_balance.py --workdir=runs/balance
@@ -12,7 +12,7 @@ config.loss.term_modules (so that a resumed run and the tools know the term too)
 
 import jax.numpy as jnp
 
-from aah_jax import losses
+from aah_jax.training import losses
 from configs import default
 
 

@@ -1,7 +1,6 @@
 """ImageNet-pretrained backbones as aah_jax variables: ResNets from torchvision or timm state
-dicts, EfficientNet-Lite0 from lukemelas/EfficientNet-PyTorch-layout ones.
-
-    aah-convert --src=resnet50.pth --arch=resnet50 --out=resnet50_imagenet.npz
+dicts, EfficientNet-Lite0 from lukemelas/EfficientNet-PyTorch-layout ones (the command
+is ``aah-convert``, aah_jax/cli/aah_convert.py).
 
 Reads a state dict (``.pth`` needs torch; ``.safetensors`` and ``.npz`` do not), maps
 every tensor to the backbone's Flax names and layouts (conv weights OIHW → HWIO, depthwise
@@ -22,7 +21,7 @@ import re
 import zipfile
 from typing import Callable, Optional
 
-from absl import app, flags, logging
+from absl import logging
 import flax.traverse_util
 import jax
 import numpy as np
@@ -283,26 +282,3 @@ def load_pretrained(variables: dict, path: str) -> dict:
   logging.info('pretrained %s: loaded %s; initialised as usual: %s', path,
                ', '.join(sorted(set(loaded))), ', '.join(kept))
   return out
-
-
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-  del argv
-  variables = convert(read_state_dict(FLAGS.src), FLAGS.arch)
-  save_variables(FLAGS.out, variables)
-  count = sum(v.size for v in jax.tree.leaves(variables['params']))
-  print(f'{FLAGS.out}: {FLAGS.arch} trunk + last stage, {count:,} parameters')
-
-
-def run():
-  flags.DEFINE_string('src', None, 'torchvision/timm state dict (.pth, .safetensors, .npz).')
-  flags.DEFINE_enum('arch', None, list(ARCHS), 'Architecture.')
-  flags.DEFINE_string('out', None, 'Output .npz of Flax variables.')
-  flags.mark_flags_as_required(['src', 'arch', 'out'])
-  app.run(main)
-
-
-if __name__ == '__main__':
-  run()

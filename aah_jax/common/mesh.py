@@ -23,6 +23,11 @@ def batch_sharded(mesh) -> NamedSharding:
   return NamedSharding(mesh, P('data'))
 
 
+def rows_sharded(mesh, num_rows: int) -> NamedSharding:
+  """Rows split over 'data' where they divide evenly over the devices, else replicated."""
+  return batch_sharded(mesh) if num_rows % mesh.size == 0 else replicated(mesh)
+
+
 def global_batch_array(local_batch: dict, sharding) -> dict:
   """This process's rows of a global batch → global arrays sharded on 'data'."""
   def to_global(x):

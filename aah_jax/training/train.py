@@ -2,7 +2,7 @@
 
 Read top to bottom: state → schedule and optimiser → the train step → database
 codes → checks and the initial state. The outer iteration that drives them is
-``aah_jax.algorithm``; checkpoints, logs and evaluation around it are ``aah_jax.run``.
+``aah_jax.training.algorithm``; checkpoints, logs and evaluation around it are ``aah_jax.run``.
 """
 
 import dataclasses
@@ -12,12 +12,12 @@ from typing import Any, Callable
 import flax.struct
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
 import optax
 
-from aah_jax import adsh, config_checks, losses, normalization
+from aah_jax.common import mesh as mesh_lib, normalization
 from aah_jax.models import A2NetPlusPlus, create_model, init_variables
 from aah_jax.models.precision import accumulation_dtype
+from aah_jax.training import adsh, config_checks, losses
 
 # (inputs, phase, term → weight per phase) → (loss, terms by name): the step's objective.
 LossFn = Callable[[losses.LossInputs, Any, dict], tuple[jax.Array, dict]]
@@ -178,9 +178,9 @@ def train_step(state: TrainState, batch: dict, *, model: A2NetPlusPlus,
 
 def compile_train_step(mesh, **step_kwargs):
   """``train_step`` jitted over a 1-D 'data' mesh: batch sharded, state replicated and donated."""
-  replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  replicated = mesh_lib.replicated(mesh)
   return jax.jit(functools.partial(train_step, **step_kwargs),
-                 in_shardings=(replicated, batch_sharding),
+                 in_shardings=(replicated, mesh_lib.batch_sharded(mesh)),
                  out_shardings=(replicated, replicated), donate_argnums=0)
 
 
@@ -195,13 +195,13 @@ def update_database_codes(B, U, omega, omega_labels, db_labels, *, gamma: float,
 
 def make_database_update(mesh, num_database: int, gamma: float, soft: bool):
   """The jitted DCC update, sharded over database rows when they divide evenly."""
-  rows = NamedSharding(mesh, P('data') if num_database % mesh.size == 0 else P())
+  rows = mesh_lib.rows_sharded(mesh, num_database)
 
   def update(B, U, omega, omega_labels, db_labels):
     B, db_labels = jax.lax.with_sharding_constraint((B, db_labels), rows)
     return update_database_codes(B, U, omega, omega_labels, db_labels, gamma=gamma, soft=soft)
 
-  return jax.jit(update, out_shardings=NamedSharding(mesh, P()))
+  return jax.jit(update, out_shardings=mesh_lib.replicated(mesh))
 
 
 # ----------------------------------------------------------------------------- checks and initial state

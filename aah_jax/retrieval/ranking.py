@@ -6,7 +6,7 @@ Codes may be ±1, {0, 1} (an integer or bool array), real values (sign, with
 sign(0) = +1; so float 0/1 arrays count as real values) or ``PackedCodes``.
 Labels are int class ids (n,) or multi-hot rows (n, L); relevant = same class or
 at least one shared label. Every metric averages over all queries. The work runs in
-the compiled kernels of ``aah_jax.hamming`` (XOR + popcount on 64-bit words, one
+the compiled kernels of ``aah_jax.retrieval.hamming`` (XOR + popcount on 64-bit words, one
 pass over the database per query, no sort), which keep O(N) memory per thread.
 """
 
@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from aah_jax import hamming
+from aah_jax.retrieval import hamming
 
 
 @dataclasses.dataclass(frozen=True)

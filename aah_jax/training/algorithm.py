@@ -17,9 +17,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from aah_jax import adsh, input_pipeline, train
-from aah_jax import mesh as mesh_lib
-from aah_jax.mesh import to_host
+from aah_jax.common import mesh as mesh_lib
+from aah_jax.common.mesh import to_host
+from aah_jax.data import input_pipeline
+from aah_jax.training import adsh, train
 
 
 class NonFiniteLoss(FloatingPointError):

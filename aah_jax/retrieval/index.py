@@ -2,7 +2,7 @@
 
 One file, a NumPy ``.npz`` archive (no pickles) with these members:
   header  JSON (as bytes): format "aah-index", version, bits, count, sha256, meta
-  words   (N, ⌈bits/8⌉) uint8: the codes, bit 1 for +1 (``retrieval.PackedCodes``)
+  words   (N, ⌈bits/8⌉) uint8: the codes, bit 1 for +1 (``ranking.PackedCodes``)
   labels  (N,) int64 class ids (-1: unknown) or (N, L) uint8 multi-hot
   ids     (N,) int64: each item's index in its source split or folder listing
   path_bytes, path_offsets  uint8 UTF-8 text and (N + 1,) int64 offsets: item i's path
@@ -23,7 +23,7 @@ import zipfile
 import jax
 import numpy as np
 
-from aah_jax import retrieval
+from aah_jax.retrieval import ranking
 
 FORMAT = 'aah-index'
 VERSION = 1
@@ -38,7 +38,7 @@ class IndexFileError(ValueError):
 class CodeIndex:
   """Packed database codes with what identifies each item."""
 
-  codes: retrieval.PackedCodes
+  codes: ranking.PackedCodes
   labels: np.ndarray
   ids: np.ndarray
   paths: np.ndarray
@@ -53,12 +53,12 @@ class CodeIndex:
 
   def search(self, query_codes, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (distances, row indices) by (Hamming distance, row) for each query."""
-    return retrieval.search(query_codes, self.codes, k)
+    return ranking.search(query_codes, self.codes, k)
 
 
 def build_index(codes, *, labels=None, ids=None, paths=None, meta=None) -> CodeIndex:
-  """A CodeIndex from codes in any form ``retrieval.as_pm1`` takes."""
-  packed = codes if isinstance(codes, retrieval.PackedCodes) else retrieval.pack_codes(codes)
+  """A CodeIndex from codes in any form ``ranking.as_pm1`` takes."""
+  packed = codes if isinstance(codes, ranking.PackedCodes) else ranking.pack_codes(codes)
   n = len(packed)
   labels = np.full(n, -1, np.int64) if labels is None else np.asarray(labels)
   labels = labels.astype(np.int64) if labels.ndim == 1 else (labels > 0).astype(np.uint8)
@@ -147,7 +147,7 @@ def load_index(path: str) -> CodeIndex:
       or offsets.shape != (count + 1,) or offsets[-1] != len(members['path_bytes'])):
     raise IndexFileError(f'{path}: labels, ids or paths do not match its {count} codes')
   paths = _decode_paths(members['path_bytes'], offsets)
-  return CodeIndex(retrieval.PackedCodes(words, bits), members['labels'], members['ids'],
+  return CodeIndex(ranking.PackedCodes(words, bits), members['labels'], members['ids'],
                    paths, header['meta'])
 
 

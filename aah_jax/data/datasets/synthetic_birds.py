@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from aah_jax.datasets import bird_renderer
+from aah_jax.data.datasets import bird_renderer
 
 SPLITS = ('train', 'test')
 

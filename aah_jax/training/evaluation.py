@@ -6,22 +6,36 @@ sign(0) = +1. "learned B" ranks the database by the codes the training learned f
 images (what a deployed index holds).
 """
 
+import dataclasses
+from typing import Any
+
 import jax
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
-from aah_jax import input_pipeline, retrieval
-from aah_jax.codes import hash_codes
-from aah_jax.mesh import global_batch_array
+from aah_jax.common import mesh as mesh_lib
+from aah_jax.data import input_pipeline
 from aah_jax.models import A2NetPlusPlus
+from aah_jax.retrieval import ranking
+from aah_jax.retrieval.codes import hash_codes
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+  """The data a run is evaluated on: the query and database sources (random access, items
+  with 'image') and their label rows ((n,) class ids or (n, C) multi-hot)."""
+
+  query_source: Any
+  db_source: Any
+  query_labels: np.ndarray
+  db_labels: np.ndarray
 
 
 def make_encoder(model: A2NetPlusPlus, mesh):
   """Jitted eval-mode forward: (variables, images) → u, batch sharded over the mesh."""
   return jax.jit(lambda variables, images: model.apply(variables, images, train=False),
-                 in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))),
-                 out_shardings=NamedSharding(mesh, P('data')))
+                 in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)),
+                 out_shardings=mesh_lib.batch_sharded(mesh))
 
 
 def encode_split(encoder, variables, source, *, global_batch: int, image_size: int,
@@ -34,7 +48,7 @@ def encode_split(encoder, variables, source, *, global_batch: int, image_size: i
                                            num_workers=num_workers, dtype=dtype,
                                            process_index=jax.process_index(),
                                            process_count=jax.process_count()):
-    batch = global_batch_array({'image': local['image'], 'mask': local['mask']}, sharding)
+    batch = mesh_lib.global_batch_array({'image': local['image'], 'mask': local['mask']}, sharding)
     u = encoder(variables, batch['image'])
     u, mask = multihost_utils.process_allgather((u, batch['mask']), tiled=True)
     outputs.append(np.asarray(u)[np.asarray(mask)])
@@ -55,13 +69,13 @@ def evaluate(query_u, db_u, B, query_labels, db_labels, seed: int) -> dict:
   query_codes = np.asarray(hash_codes(query_u))
   random_query, random_db = random_codes(seed, len(query_codes), len(B), query_codes.shape[1])
   return {
-      'map_learned_db': retrieval.mean_average_precision(query_codes, B, query_labels, db_labels),
-      'map_tie_aware_learned_db': retrieval.tie_aware_mean_average_precision(
+      'map_learned_db': ranking.mean_average_precision(query_codes, B, query_labels, db_labels),
+      'map_tie_aware_learned_db': ranking.tie_aware_mean_average_precision(
           query_codes, B, query_labels, db_labels),
-      'map_encoded_db': retrieval.mean_average_precision(
+      'map_encoded_db': ranking.mean_average_precision(
           query_codes, np.asarray(hash_codes(db_u)), query_labels, db_labels),
-      'map_random': retrieval.mean_average_precision(random_query, random_db, query_labels,
-                                                     db_labels),
+      'map_random': ranking.mean_average_precision(random_query, random_db, query_labels,
+                                                   db_labels),
   }
 
 
@@ -70,16 +84,16 @@ def detailed_metrics(query_codes, db_codes, query_labels, db_labels, *, topk: in
   """mAP@all, mAP@topk, tie-aware mAP, precision/recall@k, the PR curve over radii and
   precision within radius 2, as JSON-ready values."""
   ks = [k for k in ks if k <= len(db_codes)]
-  precision_k, recall_k = retrieval.precision_recall_at_k(query_codes, db_codes, query_labels,
-                                                          db_labels, ks)
-  precision_r, recall_r = retrieval.precision_recall_by_radius(query_codes, db_codes,
-                                                               query_labels, db_labels)
+  precision_k, recall_k = ranking.precision_recall_at_k(query_codes, db_codes, query_labels,
+                                                        db_labels, ks)
+  precision_r, recall_r = ranking.precision_recall_by_radius(query_codes, db_codes,
+                                                             query_labels, db_labels)
   return {
-      'map': retrieval.mean_average_precision(query_codes, db_codes, query_labels, db_labels),
-      f'map@{topk}': retrieval.mean_average_precision(query_codes, db_codes, query_labels,
-                                                      db_labels, topk=topk),
-      'map_tie_aware': retrieval.tie_aware_mean_average_precision(query_codes, db_codes,
-                                                                  query_labels, db_labels),
+      'map': ranking.mean_average_precision(query_codes, db_codes, query_labels, db_labels),
+      f'map@{topk}': ranking.mean_average_precision(query_codes, db_codes, query_labels,
+                                                    db_labels, topk=topk),
+      'map_tie_aware': ranking.tie_aware_mean_average_precision(query_codes, db_codes,
+                                                                query_labels, db_labels),
       'precision_within_radius_2': float(precision_r[min(2, len(precision_r) - 1)]),
       'precision_at_k': {str(k): float(p) for k, p in zip(ks, precision_k)},
       'recall_at_k': {str(k): float(r) for k, r in zip(ks, recall_k)},

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from aah_jax.datasets.archive import ArchiveBuilder, DatasetFilesError, Item, read_lines
+from aah_jax.data.datasets.archive import ArchiveBuilder, DatasetFilesError, Item, read_lines
 
 _VERSION = tfds.core.Version('1.0.0')
 _NOTES = {'1.0.0': 'First release.'}

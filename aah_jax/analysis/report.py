@@ -19,9 +19,12 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 import numpy as np
 
-from aah_jax import evaluation, files, gallery, input_pipeline, losses, retrieval, run_log
-from aah_jax.codes import hash_codes
-from aah_jax.mesh import to_host
+from aah_jax.common import files
+from aah_jax.common.mesh import to_host
+from aah_jax.data import input_pipeline
+from aah_jax.retrieval import gallery, ranking
+from aah_jax.retrieval.codes import hash_codes
+from aah_jax.training import evaluation, losses, run_log
 
 REPORT_DIR = 'report'
 GALLERY_QUERIES = 8
@@ -50,44 +53,43 @@ def _db_image(source, row: int) -> np.ndarray:
   return np.asarray(source[int(row)]['image'])
 
 
-def collect(run, variables: dict, B: Optional[np.ndarray], workdir: str, *, title: str,
-            query_u: Optional[np.ndarray] = None, db_u: Optional[np.ndarray] = None,
-            curves: Optional[dict] = None) -> ReportData:
-  """Computes the report's contents (all processes); encodes the splits unless given.
+def collect(splits: evaluation.Splits, model, variables: dict, query_u: np.ndarray,
+            db_u: np.ndarray, B: Optional[np.ndarray], workdir: str, *, seed: int,
+            image_size: int, title: str, curves: Optional[dict] = None) -> ReportData:
+  """Computes the report's contents (all processes) from the splits' codes u.
 
-  B: the learned database codes, or None where the database is not the one they were
-  learned for (the gallery and bit figures then use the encoded database). curves:
-  ``evaluation.detailed_metrics`` per database name ('learned B', 'encoded database',
-  'random codes') where the caller has them already; computed otherwise."""
-  query_u = run.encode(variables, run.query_source) if query_u is None else query_u
-  db_u = run.encode(variables, run.db_source) if db_u is None else db_u
+  model and variables draw the attention maps; B: the learned database codes, or None where
+  the database is not the one they were learned for (the gallery and bit figures then use
+  the encoded database). curves: ``evaluation.detailed_metrics`` per database name ('learned
+  B', 'encoded database', 'random codes') where the caller has them already; computed
+  otherwise (random codes drawn from seed)."""
   query_codes, db_codes = np.asarray(hash_codes(query_u)), np.asarray(hash_codes(db_u))
   if curves is None:
-    random_query, random_db = evaluation.random_codes(run.config.seed, len(query_codes),
+    random_query, random_db = evaluation.random_codes(seed, len(query_codes),
                                                       len(db_codes), db_codes.shape[1])
     databases = [('encoded database', query_codes, db_codes),
                  ('random codes', random_query, random_db)]
     if B is not None:
       databases.insert(0, ('learned B', query_codes, B))
-    curves = {name: evaluation.detailed_metrics(q, db, run.query_labels, run.db_labels,
+    curves = {name: evaluation.detailed_metrics(q, db, splits.query_labels, splits.db_labels,
                                                 topk=TOPK, ks=PRECISION_KS)
               for name, q, db in databases}
   B = db_codes if B is None else np.asarray(B)
 
   queries = np.linspace(0, len(query_codes) - 1, GALLERY_QUERIES).astype(int)
-  _, neighbours = retrieval.search(query_codes[queries], B, GALLERY_K)
+  _, neighbours = ranking.search(query_codes[queries], B, GALLERY_K)
   rows = []
   for q, found in zip(queries, neighbours):
-    relevant = retrieval.relevance(run.query_labels[q:q + 1], run.db_labels[found])[0]
-    rows.append((gallery.Tile(_db_image(run.query_source, q), f'query {q}'),
-                 [gallery.Tile(_db_image(run.db_source, j), f'#{j}', bool(ok))
+    relevant = ranking.relevance(splits.query_labels[q:q + 1], splits.db_labels[found])[0]
+    rows.append((gallery.Tile(_db_image(splits.query_source, q), f'query {q}'),
+                 [gallery.Tile(_db_image(splits.db_source, j), f'#{j}', bool(ok))
                   for j, ok in zip(found, relevant)]))
 
   picked = queries[:ATTENTION_IMAGES]
-  images = np.stack([input_pipeline.resize_center_crop(_db_image(run.query_source, q),
-                                                       run.config.image_size) for q in picked])
+  images = np.stack([input_pipeline.resize_center_crop(_db_image(splits.query_source, q),
+                                                       image_size) for q in picked])
   local_variables = jax.tree.map(to_host, variables)  # this process's copy (multi-host too)
-  _, attention = evaluation.make_attention_encoder(run.model)(
+  _, attention = evaluation.make_attention_encoder(model)(
       local_variables, input_pipeline.normalize(images))
   return ReportData(title=title, steps=run_log.read_metrics(workdir, 'step'),
                     iterations=run_log.read_metrics(workdir, 'iteration'), curves=curves,

@@ -23,8 +23,8 @@ from absl import logging
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from aah_jax import image_decode
-from aah_jax.image_files import printable_name
+from aah_jax.data import image_decode
+from aah_jax.data.image_files import printable_name
 
 
 class DatasetFilesError(FileNotFoundError):

@@ -8,8 +8,8 @@ the similarity, γ the quantisation weight, k the code length.
 import jax
 import jax.numpy as jnp
 
-from aah_jax.codes import hash_codes
 from aah_jax.models.precision import accumulation_dtype
+from aah_jax.retrieval.codes import hash_codes
 
 
 def share_label(labels_a, labels_b):

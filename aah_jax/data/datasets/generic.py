@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from aah_jax import image_files
-from aah_jax.datasets.archive import ArchiveBuilder, DatasetFilesError, Item, read_lines
+from aah_jax.data import image_files
+from aah_jax.data.datasets.archive import ArchiveBuilder, DatasetFilesError, Item, read_lines
 
 _VERSION = tfds.core.Version('1.0.0')
 _NOTES = {'1.0.0': 'First release.'}

@@ -5,8 +5,9 @@ checkpoint folder). Fields not listed here (added by a fork) are not checked."""
 
 from typing import Any, Callable
 
-from aah_jax import datasets, losses
+from aah_jax.data import datasets
 from aah_jax.models.backbones import BACKBONES
+from aah_jax.training import losses
 
 Rule = tuple[Callable[[Any], bool], str]  # (accepts the value, what is allowed)
 

@@ -11,11 +11,12 @@ from typing import Optional
 import numpy as np
 import tensorflow_datasets as tfds
 
-from aah_jax.datasets.archive import CorruptImageError, DatasetFilesError  # noqa: F401 (re-exported)
-from aah_jax.datasets.fine_grained import (AahAircraft, AahCub200, AahFood101, AahNabirds,
+from aah_jax.data.datasets.archive import CorruptImageError, DatasetFilesError  # noqa: F401 (re-exported)
+from aah_jax.data.datasets.fine_grained import (AahAircraft, AahCub200, AahFood101, AahNabirds,
                                            AahStanfordDogs, AahVegfru)
-from aah_jax.datasets.generic import AahCifar10, AahImageFolder, AahNuswide, image_folder_config
-from aah_jax.datasets.synthetic_birds import AahSyntheticBirds
+from aah_jax.data.datasets.generic import AahCifar10, AahImageFolder, AahNuswide
+from aah_jax.data.datasets.generic import image_folder_config
+from aah_jax.data.datasets.synthetic_birds import AahSyntheticBirds
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ import ml_dtypes
 import numpy as np
 from PIL import Image
 
-from aah_jax.normalization import normalize
+from aah_jax.common.normalization import normalize
 
 IMAGE_DTYPES = {'float32': np.float32, 'bfloat16': ml_dtypes.bfloat16}
 

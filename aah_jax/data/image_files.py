@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from aah_jax import image_decode
+from aah_jax.data import image_decode
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 

@@ -26,10 +26,11 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 import numpy as np
 
-from aah_jax import datasets, evaluation, train
-from aah_jax import mesh as mesh_lib
-from aah_jax.datasets.synthetic_birds import AahSyntheticBirds
+from aah_jax.common import mesh as mesh_lib
+from aah_jax.data import datasets
+from aah_jax.data.datasets.synthetic_birds import AahSyntheticBirds
 from aah_jax.models import precision
+from aah_jax.training import evaluation, train
 
 GiB = 2 ** 30
 
@@ -125,7 +126,7 @@ def _gpu_devices(name: str, chip: Chip):
   # planning host without CUDA it must be skipped (JAX_PLATFORMS=cpu also skips it).
   os.environ.setdefault('JAX_SKIP_CUDA_CONSTRAINTS_CHECK', '1')
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-  target = importlib.resources.files('aah_jax') / 'gpu_targets' / chip.target_config
+  target = importlib.resources.files('aah_jax.analysis') / 'gpu_targets' / chip.target_config
   try:
     description = topologies.get_topology_desc(platform='cuda', topology_name='',
                                                topology=shape, target_config=target.read_text())
