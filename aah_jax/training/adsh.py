@@ -76,11 +76,16 @@ def dcc_update(B, U, omega, S, gamma):
   U = U.astype(dtype)
   k = U.shape[1]
   u_bar = jnp.zeros_like(B).at[omega].set(U)
-  Q = k * (S.astype(dtype).T @ U) + gamma * u_bar
+  return dcc_sweep(B, k * (S.astype(dtype).T @ U) + gamma * u_bar, U)
+
+
+def dcc_sweep(B, Q, U):
+  """For each bit j in order: B[:, j] = sign(Q[:, j] − B[:, ≠j] (U[:, ≠j]ᵀ U[:, j])), with
+  the bits already updated in this sweep; B, Q and U in one dtype."""
   gram = U.T @ U  # G[l, j] = U[:, l]ᵀ U[:, j]
 
   def sweep_bit(j, B):
     coupling = gram[:, j].at[j].set(0.0)  # leaves bit j out of B[:, ≠j] G[≠j, j]
     return B.at[:, j].set(hash_codes(Q[:, j] - B @ coupling).astype(B.dtype))
 
-  return jax.lax.fori_loop(0, k, sweep_bit, B)
+  return jax.lax.fori_loop(0, U.shape[1], sweep_bit, B)

@@ -1,0 +1,115 @@
+"""The asymmetric hash loss and the DCC sweep with the database grouped by label row: no
+array of the database's size N beside B itself (docs/method.md §8).
+
+S_ij depends on the database item j only through its label row, so the database is grouped
+by distinct label row: g(j) ∈ {0..G−1} (``LabelGroups``), with counts c_g and group rows
+L_g. For a row i (a batch item, an Ω item) with labels ℓ_i, h_ig = 1 where ℓ_i shares a
+label with L_g (``membership``); S_ij = h_{i,g(j)} − r·(1 − h_{i,g(j)}). With B fixed, the
+Gram matrix K = BᵀB (k × k) and the group sums Σ_g = Σ_{g(j)=g} B_j (G × k) carry every
+product the hash loss takes of B (``DatabaseSummary``), and the DCC sweep needs SᵀU only
+per group.
+
+This module holds the maths as pure functions, checked against the explicit form in
+tests/test_grouped.py; the step and the run still use the explicit form (adsh, losses).
+"""
+
+import dataclasses
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aah_jax.models.precision import accumulation_dtype
+from aah_jax.training import adsh
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelGroups:
+  """The database's distinct label rows: ``rows`` (G,) class ids or (G, L) multi-hot,
+  ``group_of`` (N,) int32 the group of each database item, ``counts`` (G,) its size."""
+
+  rows: np.ndarray
+  group_of: np.ndarray
+  counts: np.ndarray
+
+  @classmethod
+  def of(cls, labels) -> 'LabelGroups':
+    labels = np.asarray(labels)
+    if labels.ndim not in (1, 2):
+      raise ValueError(f'labels must be int ids (N,) or multi-hot (N, L); got {labels.shape}')
+    rows, group_of, counts = np.unique(labels, axis=0, return_inverse=True, return_counts=True)
+    return cls(rows=rows, group_of=group_of.reshape(-1).astype(np.int32),
+               counts=counts.astype(np.int64))
+
+  @property
+  def num_groups(self) -> int:
+    return len(self.counts)
+
+
+def membership(labels, group_rows):
+  """h (len(labels), G) float32: 1 where the row's labels meet the group's, else 0."""
+  labels, group_rows = jnp.asarray(labels), jnp.asarray(group_rows)
+  if labels.ndim != group_rows.ndim:
+    raise ValueError(f'labels {labels.shape} and group rows {group_rows.shape}: both int ids '
+                     f'or both multi-hot')
+  if labels.ndim == 1:
+    return (labels[:, None] == group_rows[None, :]).astype(jnp.float32)
+  shared = labels.astype(jnp.float32) @ group_rows.astype(jnp.float32).T
+  return (shared > 0).astype(jnp.float32)
+
+
+def negative_weight(h, counts, soft: bool = True):
+  """r of the block (rows of h) × database: P/Q with P = Σ_i Σ_g h_ig c_g the similar pairs
+  and Q = rows·N − P; 0 when no pair is dissimilar; 1 when not soft."""
+  if not soft:
+    return jnp.float32(1.0)
+  counts = jnp.asarray(counts, jnp.float32)
+  positives = jnp.sum(h @ counts)
+  negatives = h.shape[0] * jnp.sum(counts) - positives
+  return jnp.where(negatives > 0, positives / jnp.maximum(negatives, 1.0), 0.0)
+
+
+@flax.struct.dataclass
+class DatabaseSummary:
+  """What the hash loss needs of B (fixed during an outer iteration): K = BᵀB (k × k), the
+  group sums Σ (G × k), the group counts c (G,) and N (static). A pytree: jitted functions
+  take and return it."""
+
+  gram: jax.Array
+  group_sums: jax.Array
+  counts: jax.Array
+  num_database: int = flax.struct.field(pytree_node=False)
+
+
+def summarize(B, group_of, counts) -> DatabaseSummary:
+  """K and Σ of B (N × k); rows of B may be sharded over devices (both are sums over rows)."""
+  dtype = accumulation_dtype(B.dtype)
+  B = B.astype(dtype)
+  sums = jax.ops.segment_sum(B, jnp.asarray(group_of), num_segments=len(counts))
+  return DatabaseSummary(gram=B.T @ B, group_sums=sums, counts=jnp.asarray(counts, dtype),
+                         num_database=int(np.sum(counts)))
+
+
+def hash_loss(F, h, r, summary: DatabaseSummary, *, code_length: int):
+  """hash = (12/k)/(n·N) · Σ_i [k²·Σ_j S_ij² − 2k·F_i·Σ_j S_ij B_j + F_iᵀ K F_i], equal to
+  ``losses.hash_loss(F, B, S_batch)`` with S_batch = h[:, g] − r·(1 − h[:, g])."""
+  n, k, N = F.shape[0], code_length, summary.num_database
+  F = F.astype(summary.gram.dtype)
+  similar_count = h @ summary.counts  # (n,) Σ_g h_ig c_g
+  s_squared = similar_count + r * r * (N - similar_count)  # Σ_j S_ij²
+  s_b = (1 + r) * (h @ summary.group_sums) - r * jnp.sum(summary.group_sums, axis=0)
+  per_item = k * k * s_squared - 2 * k * jnp.sum(F * s_b, axis=1) + jnp.sum(
+      (F @ summary.gram) * F, axis=1)
+  return jnp.sum(per_item) * (12.0 / k) / (n * N)
+
+
+def dcc_update(B, U, omega, h_omega, r, group_of, gamma):
+  """``adsh.dcc_update`` with (SᵀU)_j = P_{g(j)}, P = (1 + r)·h_Ωᵀ U − r·Σ_i U_i (G × k):
+  Q = k·P[g] + γ·Ū, then the same bit-by-bit sweep. Rows are independent given U."""
+  dtype = accumulation_dtype(U.dtype)
+  B, U, h_omega = B.astype(dtype), U.astype(dtype), h_omega.astype(dtype)
+  k = U.shape[1]
+  per_group = (1 + r) * (h_omega.T @ U) - r * jnp.sum(U, axis=0)
+  u_bar = jnp.zeros_like(B).at[omega].set(U)
+  return adsh.dcc_sweep(B, k * per_group[jnp.asarray(group_of)] + gamma * u_bar, U)
