@@ -261,7 +261,7 @@ def _train(run: Run, workdir: str, start_time: float):
   state, progress = restore_or_init(run, ckpts, workdir)
   start_step = int(to_host(state.step))
   programs = algorithm.Programs.compile(config, run.mesh, run.model, run.tx, run.schedule,
-                                        run.num_database)
+                                        run.db_labels)
   log = run_log.RunLog(workdir, enabled=jax.process_index() == 0, start_step=start_step,
                        total_steps=tc.num_iterations * spi,
                        print_every_steps=config.log.every_steps,

@@ -55,9 +55,8 @@ def main():
   for N in (int(s) for s in args.sizes.split(',')):
     db_labels = rng.integers(0, num_classes, N).astype(np.int32)
     B = jnp.asarray(rng.choice(np.float32([-1, 1]), (N, k)))
-    groups = grouped.LabelGroups.of(db_labels)
-    group_of, group_rows = jnp.asarray(groups.group_of), jnp.asarray(groups.rows)
-    counts = jnp.asarray(groups.counts, jnp.float32)
+    groups = jax.device_put(grouped.LabelGroups.of(db_labels))
+    group_of, group_rows, counts = groups.group_of, groups.rows, groups.counts
     batch = rng.choice(N, n, replace=False)
     F = jnp.asarray(rng.uniform(-1, 1, (n, k)), jnp.float32)
     omega = jnp.asarray(rng.choice(N, args.num_samples, replace=False))
@@ -65,15 +64,15 @@ def main():
     batch_labels, omega_labels = jnp.asarray(db_labels[batch]), jnp.asarray(db_labels[omega])
     r = grouped.negative_weight(grouped.membership(omega_labels, group_rows), counts)
 
-    summarize = jax.jit(lambda B, group_of: grouped.summarize(B, group_of, groups.counts))
-    summary = summarize(B, group_of)
+    summarize = jax.jit(grouped.summarize)
+    summary = summarize(B, groups)
     grouped_loss = jax.jit(lambda F, labels, r, summary: jax.value_and_grad(
         lambda F: grouped.hash_loss(F, grouped.membership(labels, group_rows), r, summary,
                                     code_length=k))(F))
     grouped_dcc = jax.jit(lambda B, U, omega, labels, group_of: grouped.dcc_update(
         B, U, omega, grouped.membership(labels, group_rows), r, group_of, gamma))
     row = {'N': N,
-           'summary_s': _median_seconds(summarize, B, group_of, rounds=args.rounds),
+           'summary_s': _median_seconds(summarize, B, groups, rounds=args.rounds),
            'loss_s': _median_seconds(grouped_loss, F, batch_labels, r, summary,
                                      rounds=args.rounds),
            'loss_temp': _temp_bytes(grouped_loss, F, batch_labels, r, summary),

@@ -204,11 +204,14 @@ TINY_SIZES = ('--config.data.builder_config=tiny', '--config.model.num_attention
 
 def test_the_worked_variant_trains_its_new_term_and_the_tools_know_it(data_dir, tmp_path):
   """configs/variants/bit_balance.py (one file: a term, its registration, its weights) trains
-  with the term in the loss and the logs; aah-eval restores the run, term and all."""
+  with the term in the loss and the logs; aah-eval restores the run, term and all. The run
+  also takes the label-grouped form of the hash loss and the DCC sweep (docs/method.md §8;
+  its maths: test_grouped.py, test_train.py), which the terms see through LossInputs."""
   workdir = tmp_path / 'run'
   result = _run([sys.executable, '-m', 'aah_jax.main', '--config=configs/variants/bit_balance.py',
                  f'--workdir={workdir}', f'--config.data.data_dir={data_dir}', *TINY_SIZES,
-                 '--config.train.num_iterations=1', '--config.train.epochs=1'])
+                 '--config.train.num_iterations=1', '--config.train.epochs=1',
+                 '--config.train.similarity=grouped'])
   assert result.returncode == 0, result.stderr[-4000:]
   steps = run_log.read_metrics(workdir, 'step')
   assert len(steps) == 15 and all(0 < r['balance'] < 1 for r in steps)  # (1/k)Σ mean², |u| < 1

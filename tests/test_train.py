@@ -11,7 +11,7 @@ import pytest
 from aah_jax.data import input_pipeline
 from aah_jax.data.datasets import bird_renderer
 from aah_jax.models import create_model, init_variables, precision
-from aah_jax.training import adsh, losses, train
+from aah_jax.training import adsh, grouped, losses, train
 from configs import tiny
 from tolerances import EPS32
 
@@ -49,15 +49,17 @@ def _setup(bn_groups=1, **model_fields):
   return state, batches, kwargs
 
 
-def _run_steps(devices, state, batches, kwargs):
+def _run_steps(devices, state, batches, kwargs, summary=None):
+  """The compiled step on a mesh of devices; with B's summary, in the label-grouped form."""
   mesh = Mesh(np.array(devices), ('data',))
-  step = train.compile_train_step(mesh, **kwargs)
+  step = train.compile_train_step(mesh, summary is not None, **kwargs)
   state = jax.device_put(state, NamedSharding(mesh, P()))
+  extra = () if summary is None else (jax.device_put(summary, NamedSharding(mesh, P())),)
   history = []
   for batch in batches:
     batch = jax.device_put(batch, NamedSharding(mesh, P('data')))
     with jax.transfer_guard('disallow'):  # the step itself moves nothing between host and device
-      state, metrics = step(state, batch)
+      state, metrics = step(state, batch, *extra)
     history.append(metrics)
   return jax.device_get(state), jax.device_get(history)
 
@@ -103,16 +105,32 @@ def test_train_step_on_1_and_8_devices_agree(bn_groups):
   assert np.all(np.abs(one.U).sum(axis=1) > 0)
 
 
+@pytest.mark.equivalence
+def test_the_grouped_step_on_8_devices_equals_the_explicit_step_on_1():
+  # docs/method.md §8: the same hash loss summed per label group; B is fixed within an
+  # iteration, so one summary serves both steps. float64: within FLOAT64_RTOL (see above).
+  with jax.enable_x64(True):
+    state, batches, kwargs = _setup(1, dtype='float64')
+    state = state.replace(negative_weight=np.float64(0.125))  # soft r of 8 balanced classes
+    summary = grouped.summarize(jnp.asarray(state.B), grouped.LabelGroups.of(state.db_labels))
+    explicit, metrics_explicit = _run_steps(jax.devices()[:1], state, batches, kwargs)
+    by_group, metrics_grouped = _run_steps(jax.devices(), state, batches, kwargs, summary)
+  _assert_trees_close(metrics_explicit, metrics_grouped, FLOAT64_RTOL)
+  _assert_trees_close((explicit.batch_stats, explicit.U), (by_group.batch_stats, by_group.U),
+                      FLOAT64_RTOL)
+  _assert_updates_agree(state.params, explicit.params, by_group.params, FLOAT64_RTOL)
+
+
 def test_per_group_batch_norm_changes_the_step():
   with jax.enable_x64(True):  # the executables of the equivalence test above
     state, batches, kwargs = _setup(1, dtype='float64')
     global_bn, _ = _run_steps(jax.devices(), state, batches[:1], kwargs)
     state8, _, kwargs8 = _setup(8, dtype='float64')
-    grouped, _ = _run_steps(jax.devices(), state8, batches[:1], kwargs8)
+    per_group, _ = _run_steps(jax.devices(), state8, batches[:1], kwargs8)
   # Different batch statistics give a different step: far above np.allclose's 1e-8 + 1e-5·|W|,
   # while float64 summation-order differences (FLOAT64_RTOL) are far below it.
   assert not np.allclose(global_bn.params['attribute_codec']['W'],
-                         grouped.params['attribute_codec']['W'])
+                         per_group.params['attribute_codec']['W'])
 
 
 @pytest.mark.equivalence
@@ -131,6 +149,22 @@ def test_sharded_dcc_update_equals_the_unsharded_sweep():
     got = update(B, U, omega, labels[omega], labels)
     want = adsh.dcc_update(B, U, omega, adsh.similarity(labels[omega], labels), 200.0)
   assert got.dtype == np.float64
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+@pytest.mark.equivalence
+def test_sharded_grouped_dcc_update_gives_the_explicit_bits():
+  rng = np.random.default_rng(1)
+  N, n_omega, k = 80, 24, 12
+  labels = (rng.random((N, 6)) < 0.3).astype(np.int32)  # multi-label: 2⁶ possible rows
+  omega = rng.choice(N, n_omega, replace=False)
+  U, B = np.tanh(rng.normal(size=(n_omega, k))), rng.normal(size=(N, k))
+  # Exact equality in float64, as above: the two forms add the same terms in other orders.
+  with jax.enable_x64(True):
+    mesh = Mesh(np.array(jax.devices()), ('data',))
+    update = train.make_database_update(mesh, N, 200.0, True, grouped_form=True)
+    got = update(B, U, omega, labels[omega], grouped.LabelGroups.of(labels))
+    want = adsh.dcc_update(B, U, omega, adsh.similarity(labels[omega], labels), 200.0)
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 

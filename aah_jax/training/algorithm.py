@@ -11,7 +11,7 @@ it has done.
 
 import dataclasses
 import functools
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import jax
 import ml_collections
@@ -20,7 +20,7 @@ import numpy as np
 from aah_jax.common import mesh as mesh_lib
 from aah_jax.common.mesh import to_host
 from aah_jax.data import input_pipeline
-from aah_jax.training import adsh, train
+from aah_jax.training import adsh, grouped, train
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -29,31 +29,54 @@ class NonFiniteLoss(FloatingPointError):
 
 @dataclasses.dataclass(frozen=True)
 class Programs:
-  """The compiled pieces of an outer iteration: the train step (state, batch) → (state,
-  metrics), the DCC sweep of B and r, each jitted over the mesh."""
+  """The compiled pieces of an outer iteration, each jitted over the mesh: the train step
+  (state, batch, B's summary) → (state, metrics), the DCC sweep of B and r. They read the
+  database's labels as ``database_labels`` gives them: state.db_labels, or in the
+  label-grouped form (``config.train.similarity='grouped'``, docs/method.md §8) its
+  ``grouped.LabelGroups``, built once."""
 
   train_step: Callable
   update_codes: Callable
   negative_weight: Callable
+  summarize: Callable  # (B, database labels) → B's summary for the step, or None
   rows: Callable  # (labels, Ω) → labels[Ω], replicated
   batch_sharding: Any
   steps_per_iteration: int  # the schedule's, which also places a run (state.step)
+  groups: Optional[grouped.LabelGroups] = None
 
   @classmethod
   def compile(cls, config: ml_collections.ConfigDict, mesh, model, tx, schedule,
-              num_database: int) -> 'Programs':
-    soft = config.loss.soft_similarity
+              db_labels) -> 'Programs':
+    """db_labels: the database's labels (host or device), for the grouped form's groups."""
+    soft, form = config.loss.soft_similarity, config.train.similarity
     replicated = mesh_lib.replicated(mesh)
-    return cls(
-        train_step=train.compile_train_step(mesh, model=model, tx=tx, schedule=schedule,
-                                            weights=train.loss_weights(config),
-                                            gamma=config.loss.gamma),
-        update_codes=train.make_database_update(mesh, num_database, config.loss.gamma, soft),
-        negative_weight=jax.jit(functools.partial(adsh.negative_weight, soft=soft),
-                                out_shardings=replicated),
+    step = train.compile_train_step(mesh, form == 'grouped', model=model, tx=tx,
+                                    schedule=schedule, weights=train.loss_weights(config),
+                                    gamma=config.loss.gamma)
+    programs = dict(
+        update_codes=train.make_database_update(mesh, len(db_labels), config.loss.gamma, soft,
+                                                form == 'grouped'),
         rows=jax.jit(lambda labels, omega: labels[omega], out_shardings=replicated),
         batch_sharding=mesh_lib.batch_sharded(mesh),
         steps_per_iteration=schedule.steps_per_iteration)
+    if form == 'explicit':
+      return cls(train_step=lambda state, batch, summary: step(state, batch),
+                 negative_weight=jax.jit(functools.partial(adsh.negative_weight, soft=soft),
+                                         out_shardings=replicated),
+                 summarize=lambda B, labels: None, **programs)
+    return cls(
+        train_step=step,
+        negative_weight=jax.jit(
+            lambda labels, groups: grouped.negative_weight(
+                grouped.membership(labels, groups.rows), groups.counts, soft),
+            out_shardings=replicated),
+        summarize=jax.jit(grouped.summarize, out_shardings=replicated),
+        groups=jax.device_put(grouped.LabelGroups.of(to_host(db_labels)), replicated),
+        **programs)
+
+  def database_labels(self, state: train.TrainState):
+    """The labels the programs read, from this state (each step donates the one before)."""
+    return state.db_labels if self.groups is None else self.groups
 
 
 class StepHooks(Protocol):
@@ -110,12 +133,14 @@ def outer_iteration(state: train.TrainState, iteration: int, config: ml_collecti
   omega = sample_omega(config.seed, iteration, num_database, tc.num_samples)  # 1. draw Ω
   omega_labels = programs.rows(state.db_labels, omega)
   state = state.replace(  # 2. r for Ω × database
-      negative_weight=programs.negative_weight(omega_labels, state.db_labels))
+      negative_weight=programs.negative_weight(omega_labels, programs.database_labels(state)))
   metrics = StepMetrics(iteration, done_metrics, hooks)
-  state = train_on_omega(state, iteration, omega, config, db_source, programs, hooks,
-                         metrics)  # 3. epochs of steps over Ω
+  summary = programs.summarize(state.B, programs.database_labels(state))  # None: explicit
+  state = train_on_omega(state, iteration, omega, config, db_source, programs, hooks, metrics,
+                         summary)  # 3. epochs of steps over Ω
   state = state.replace(  # 4. one DCC sweep of B
-      B=programs.update_codes(state.B, state.U, omega, omega_labels, state.db_labels))
+      B=programs.update_codes(state.B, state.U, omega, omega_labels,
+                              programs.database_labels(state)))
   record = {'iteration': iteration + 1, **_mean(metrics.read_all())}
   record['phase'] = int(record['phase'])
   record['bit_balance'] = float(np.abs(to_host(state.B).mean(axis=0)).mean())
@@ -124,9 +149,10 @@ def outer_iteration(state: train.TrainState, iteration: int, config: ml_collecti
 
 def train_on_omega(state: train.TrainState, iteration: int, omega: np.ndarray,
                    config: ml_collections.ConfigDict, db_source, programs: Programs,
-                   hooks: StepHooks, metrics: StepMetrics) -> train.TrainState:
+                   hooks: StepHooks, metrics: StepMetrics, summary=None) -> train.TrainState:
   """The iteration's remaining steps: train.epochs epochs over Ω, each in a fresh order
-  drawn from (seed, iteration, epoch); U keeps the latest u of every sampled image."""
+  drawn from (seed, iteration, epoch); U keeps the latest u of every sampled image.
+  summary: B's, for the grouped form's step (None in the explicit form)."""
   tc, data = config.train, config.data
   batches_per_epoch = tc.num_samples // tc.batch_size
   first = iteration * programs.steps_per_iteration
@@ -147,7 +173,7 @@ def train_on_omega(state: train.TrainState, iteration: int, omega: np.ndarray,
         start_batch=start_batch)
     on_device = mesh_lib.prefetch_to_device(batches, programs.batch_sharding, data.prefetch)
     for batch_index, batch in enumerate(on_device, start=start_batch):
-      state, step_metrics = programs.train_step(state, batch)
+      state, step_metrics = programs.train_step(state, batch, summary)
       step = first + epoch * batches_per_epoch + batch_index + 1
       metrics.add(step, step_metrics)
       if step < last:

@@ -86,6 +86,7 @@ RULES: dict[str, Rule] = {
     'train.epochs': _integer(1),
     'train.batch_size': _integer(1),
     'train.per_device_batch_norm': _BOOL,
+    'train.similarity': _choice('explicit', 'grouped'),
     'optim.learning_rate': _number(0.0, low_open=True),
     'optim.momentum': _number(0.0, 1.0, high_open=True),
     'optim.weight_decay': _number(0.0),

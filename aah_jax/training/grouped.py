@@ -9,11 +9,13 @@ Gram matrix K = BᵀB (k × k) and the group sums Σ_g = Σ_{g(j)=g} B_j (G × k
 product the hash loss takes of B (``DatabaseSummary``), and the DCC sweep needs SᵀU only
 per group.
 
-This module holds the maths as pure functions, checked against the explicit form in
-tests/test_grouped.py; the step and the run still use the explicit form (adsh, losses).
+``config.train.similarity='grouped'`` trains with these (the step gets B's summary, the DCC
+sweep the label groups); 'explicit' (the default) builds S. tests/test_grouped.py checks the
+two against each other.
 """
 
 import dataclasses
+from typing import Any
 
 import flax.struct
 import jax
@@ -24,14 +26,15 @@ from aah_jax.models.precision import accumulation_dtype
 from aah_jax.training import adsh
 
 
-@dataclasses.dataclass(frozen=True)
+@flax.struct.dataclass
 class LabelGroups:
   """The database's distinct label rows: ``rows`` (G,) class ids or (G, L) multi-hot,
-  ``group_of`` (N,) int32 the group of each database item, ``counts`` (G,) its size."""
+  ``group_of`` (N,) int32 the group of each database item, ``counts`` (G,) int32 its size.
+  ``of`` gives NumPy arrays; a pytree, so ``jax.device_put`` puts it on the devices."""
 
-  rows: np.ndarray
-  group_of: np.ndarray
-  counts: np.ndarray
+  rows: Any
+  group_of: Any
+  counts: Any
 
   @classmethod
   def of(cls, labels) -> 'LabelGroups':
@@ -40,7 +43,7 @@ class LabelGroups:
       raise ValueError(f'labels must be int ids (N,) or multi-hot (N, L); got {labels.shape}')
     rows, group_of, counts = np.unique(labels, axis=0, return_inverse=True, return_counts=True)
     return cls(rows=rows, group_of=group_of.reshape(-1).astype(np.int32),
-               counts=counts.astype(np.int64))
+               counts=counts.astype(np.int32))
 
   @property
   def num_groups(self) -> int:
@@ -73,29 +76,43 @@ def negative_weight(h, counts, soft: bool = True):
 @flax.struct.dataclass
 class DatabaseSummary:
   """What the hash loss needs of B (fixed during an outer iteration): K = BᵀB (k × k), the
-  group sums Σ (G × k), the group counts c (G,) and N (static). A pytree: jitted functions
-  take and return it."""
+  group sums Σ (G × k), the group rows and counts c (G,), and N (static). A pytree: jitted
+  functions take and return it."""
 
   gram: jax.Array
   group_sums: jax.Array
+  group_rows: jax.Array
   counts: jax.Array
   num_database: int = flax.struct.field(pytree_node=False)
 
 
-def summarize(B, group_of, counts) -> DatabaseSummary:
+def summarize(B, groups: LabelGroups) -> DatabaseSummary:
   """K and Σ of B (N × k); rows of B may be sharded over devices (both are sums over rows)."""
   dtype = accumulation_dtype(B.dtype)
   B = B.astype(dtype)
-  sums = jax.ops.segment_sum(B, jnp.asarray(group_of), num_segments=len(counts))
-  return DatabaseSummary(gram=B.T @ B, group_sums=sums, counts=jnp.asarray(counts, dtype),
-                         num_database=int(np.sum(counts)))
+  sums = jax.ops.segment_sum(B, groups.group_of, num_segments=groups.counts.shape[0])
+  return DatabaseSummary(gram=B.T @ B, group_sums=sums, group_rows=groups.rows,
+                         counts=groups.counts.astype(dtype), num_database=B.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSimilarity:
+  """A batch's similarity to the database in the grouped form: h (n, G), r, B's summary."""
+
+  h: jax.Array
+  r: jax.Array
+  summary: DatabaseSummary
+
+  @classmethod
+  def of(cls, labels, r, summary: DatabaseSummary) -> 'BatchSimilarity':
+    return cls(h=membership(labels, summary.group_rows), r=r, summary=summary)
 
 
 def hash_loss(F, h, r, summary: DatabaseSummary, *, code_length: int):
   """hash = (12/k)/(n·N) · Σ_i [k²·Σ_j S_ij² − 2k·F_i·Σ_j S_ij B_j + F_iᵀ K F_i], equal to
   ``losses.hash_loss(F, B, S_batch)`` with S_batch = h[:, g] − r·(1 − h[:, g])."""
   n, k, N = F.shape[0], code_length, summary.num_database
-  F = F.astype(summary.gram.dtype)
+  F, r = F.astype(summary.gram.dtype), jnp.asarray(r, summary.gram.dtype)  # 1 + r, r² exact
   similar_count = h @ summary.counts  # (n,) Σ_g h_ig c_g
   s_squared = similar_count + r * r * (N - similar_count)  # Σ_j S_ij²
   s_b = (1 + r) * (h @ summary.group_sums) - r * jnp.sum(summary.group_sums, axis=0)
@@ -108,8 +125,16 @@ def dcc_update(B, U, omega, h_omega, r, group_of, gamma):
   """``adsh.dcc_update`` with (SᵀU)_j = P_{g(j)}, P = (1 + r)·h_Ωᵀ U − r·Σ_i U_i (G × k):
   Q = k·P[g] + γ·Ū, then the same bit-by-bit sweep. Rows are independent given U."""
   dtype = accumulation_dtype(U.dtype)
-  B, U, h_omega = B.astype(dtype), U.astype(dtype), h_omega.astype(dtype)
+  B, U, h_omega, r = B.astype(dtype), U.astype(dtype), h_omega.astype(dtype), jnp.asarray(r, dtype)
   k = U.shape[1]
   per_group = (1 + r) * (h_omega.T @ U) - r * jnp.sum(U, axis=0)
   u_bar = jnp.zeros_like(B).at[omega].set(U)
-  return adsh.dcc_sweep(B, k * per_group[jnp.asarray(group_of)] + gamma * u_bar, U)
+  return adsh.dcc_sweep(B, k * per_group[group_of] + gamma * u_bar, U)
+
+
+def update_database_codes(B, U, omega, omega_labels, groups: LabelGroups, *, gamma: float,
+                          soft: bool):
+  """B ← one DCC sweep (``train.update_database_codes`` in the grouped form)."""
+  h_omega = membership(omega_labels, groups.rows)
+  r = negative_weight(h_omega, groups.counts, soft)
+  return dcc_update(B, U, omega, h_omega, r, groups.group_of, gamma)

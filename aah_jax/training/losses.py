@@ -17,10 +17,12 @@ and the module that registers it in ``config.loss.term_modules``:
 
 import dataclasses
 import importlib
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+
+from aah_jax.training import grouped as grouped_lib
 
 
 def _scale(code_length: int, n: int, num_database: int) -> float:
@@ -65,7 +67,10 @@ class LossInputs:
   Attributes:
     output: the network's ``A2NetOutput`` (u = F, v, v̂, decoded images, attention).
     B: (N, k) database codes.
-    S_batch: (n, N) similarity of the batch to every database item.
+    S_batch: (n, N) similarity of the batch to every database item (the explicit form), or
+      None where ``grouped`` holds it.
+    grouped: the same similarity in the label-grouped form (``grouped.BatchSimilarity``,
+      docs/method.md §8; ``config.train.similarity='grouped'``), or None.
     omega: (n,) int database indices ω of the batch images.
     images: (n, S, S, 3) the input batch scaled to [0, 1] (the image loss's target).
     gamma: the quantisation weight γ.
@@ -74,11 +79,12 @@ class LossInputs:
 
   output: Any
   B: jax.Array
-  S_batch: jax.Array
+  S_batch: Optional[jax.Array]
   omega: jax.Array
   images: jax.Array
   gamma: float
   code_length: int
+  grouped: Optional[grouped_lib.BatchSimilarity] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +116,14 @@ def import_term_modules(names: Sequence[str]):
 
 # Phase 1 (the first half of the outer iterations) trains hash + quant + dec + img; phase 2
 # adds rec. The image-loss weights and dec being on are OPEN in the spec (§3.3).
-register_term('hash', lambda x: hash_loss(x.output.u, x.B, x.S_batch,
-                                          code_length=x.code_length), (1.0, 1.0))
+def _hash_term(x: LossInputs):
+  if x.grouped is None:
+    return hash_loss(x.output.u, x.B, x.S_batch, code_length=x.code_length)
+  return grouped_lib.hash_loss(x.output.u, x.grouped.h, x.grouped.r, x.grouped.summary,
+                               code_length=x.code_length)
+
+
+register_term('hash', _hash_term, (1.0, 1.0))
 register_term('quant', lambda x: quantization_loss(x.output.u, x.B, x.omega, gamma=x.gamma,
                                                    code_length=x.code_length), (1.0, 1.0))
 register_term('dec', lambda x: decorrelation_loss(x.output.u), (1.0, 1.0))
@@ -128,7 +140,10 @@ def loss_terms(F, B, S_batch, omega, v, v_hat, *, gamma: float, code_length: int
   Args:
     F: (n, k) network outputs u of the batch.
     B: (N, k) database codes.
-    S_batch: (n, N) similarity of the batch to every database item.
+    S_batch: (n, N) similarity of the batch to every database item (the explicit form), or
+      None where ``grouped`` holds it.
+    grouped: the same similarity in the label-grouped form (``grouped.BatchSimilarity``,
+      docs/method.md §8; ``config.train.similarity='grouped'``), or None.
     omega: (n,) int database indices of the batch images.
     v: (n, D) visual representation; v_hat: (n, D) its reconstruction.
     gamma: quantisation weight γ.

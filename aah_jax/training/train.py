@@ -17,7 +17,7 @@ import optax
 from aah_jax.common import mesh as mesh_lib, normalization
 from aah_jax.models import A2NetPlusPlus, create_model, init_variables
 from aah_jax.models.precision import accumulation_dtype
-from aah_jax.training import adsh, config_checks, losses
+from aah_jax.training import adsh, config_checks, grouped, losses
 
 # (inputs, phase, term → weight per phase) → (loss, terms by name): the step's objective.
 LossFn = Callable[[losses.LossInputs, Any, dict], tuple[jax.Array, dict]]
@@ -141,25 +141,32 @@ def loss_weights(config) -> dict:
 # ----------------------------------------------------------------------------- the step
 
 
-def train_step(state: TrainState, batch: dict, *, model: A2NetPlusPlus,
+def train_step(state: TrainState, batch: dict, summary=None, *, model: A2NetPlusPlus,
                tx: optax.GradientTransformation, schedule: Schedule, weights: dict,
                gamma: float, loss_fn: LossFn = losses.weighted_total):
   """One SGD step on a global batch: (state, batch) → (state, metrics).
 
   batch: 'image' (n, S, S, 3) normalised, 'label', 'index' (database index ω),
-  'position' (row of U). loss_fn(LossInputs, phase, weights) → (loss, terms) is the
-  objective (default: the registered terms, weighted per phase); metrics holds its terms.
+  'position' (row of U). summary: B's ``grouped.DatabaseSummary`` for the label-grouped
+  hash loss (docs/method.md §8), or None for the explicit one (S_batch from
+  state.db_labels). loss_fn(LossInputs, phase, weights) → (loss, terms) is the objective
+  (default: the registered terms, weighted per phase); metrics holds its terms.
   """
   phase = schedule.phase(schedule.iteration(state.step))
+  if summary is None:
+    similarity = {'S_batch': adsh.similarity_rows(batch['label'], state.db_labels,
+                                                  state.negative_weight)}
+  else:
+    similarity = {'S_batch': None, 'grouped': grouped.BatchSimilarity.of(
+        batch['label'], state.negative_weight, summary)}
 
   def objective(params):
     output, mutated = model.apply({'params': params, 'batch_stats': state.batch_stats},
                                   batch['image'], train=True, mutable=['batch_stats'])
     inputs = losses.LossInputs(
-        output=output, B=state.B,
-        S_batch=adsh.similarity_rows(batch['label'], state.db_labels, state.negative_weight),
-        omega=batch['index'], images=normalization.to_unit_range(batch['image']),
-        gamma=gamma, code_length=model.bits)
+        output=output, B=state.B, omega=batch['index'],
+        images=normalization.to_unit_range(batch['image']), gamma=gamma,
+        code_length=model.bits, **similarity)
     loss, terms = loss_fn(inputs, phase, weights)
     return loss, (terms, output.u, mutated['batch_stats'])
 
@@ -176,11 +183,13 @@ def train_step(state: TrainState, batch: dict, *, model: A2NetPlusPlus,
   return new_state, metrics
 
 
-def compile_train_step(mesh, **step_kwargs):
-  """``train_step`` jitted over a 1-D 'data' mesh: batch sharded, state replicated and donated."""
+def compile_train_step(mesh, grouped_form: bool = False, **step_kwargs):
+  """``train_step`` jitted over a 1-D 'data' mesh: batch sharded, state replicated and
+  donated; with grouped_form, (state, batch, B's summary) → …, the summary replicated."""
   replicated = mesh_lib.replicated(mesh)
+  in_shardings = (replicated, mesh_lib.batch_sharded(mesh))
   return jax.jit(functools.partial(train_step, **step_kwargs),
-                 in_shardings=(replicated, mesh_lib.batch_sharded(mesh)),
+                 in_shardings=in_shardings + ((replicated,) if grouped_form else ()),
                  out_shardings=(replicated, replicated), donate_argnums=0)
 
 
@@ -193,13 +202,22 @@ def update_database_codes(B, U, omega, omega_labels, db_labels, *, gamma: float,
   return adsh.dcc_update(B, U, omega, S, gamma)
 
 
-def make_database_update(mesh, num_database: int, gamma: float, soft: bool):
-  """The jitted DCC update, sharded over database rows when they divide evenly."""
+def make_database_update(mesh, num_database: int, gamma: float, soft: bool,
+                         grouped_form: bool = False):
+  """The jitted DCC update (B, U, Ω, Ω's labels, the database's labels) → B, sharded over
+  database rows when they divide evenly; with grouped_form the database's labels are its
+  ``grouped.LabelGroups``."""
   rows = mesh_lib.rows_sharded(mesh, num_database)
+  sweep = grouped.update_database_codes if grouped_form else update_database_codes
 
   def update(B, U, omega, omega_labels, db_labels):
-    B, db_labels = jax.lax.with_sharding_constraint((B, db_labels), rows)
-    return update_database_codes(B, U, omega, omega_labels, db_labels, gamma=gamma, soft=soft)
+    B = jax.lax.with_sharding_constraint(B, rows)
+    if grouped_form:
+      db_labels = db_labels.replace(
+          group_of=jax.lax.with_sharding_constraint(db_labels.group_of, rows))
+    else:
+      db_labels = jax.lax.with_sharding_constraint(db_labels, rows)
+    return sweep(B, U, omega, omega_labels, db_labels, gamma=gamma, soft=soft)
 
   return jax.jit(update, out_shardings=mesh_lib.replicated(mesh))
 
