@@ -28,7 +28,7 @@ from aah_jax.common import files, mesh as mesh_lib, preemption, workdir_lock
 from aah_jax.common.mesh import to_host
 from aah_jax.data import datasets, input_pipeline
 from aah_jax.models import A2NetPlusPlus, convert, precision, pretrained
-from aah_jax.training import algorithm, checkpoint, evaluation, losses, run_log, train
+from aah_jax.training import algorithm, checkpoint, evaluation, grouped, losses, run_log, train
 
 RESULTS_FILE = 'results.json'
 
@@ -80,11 +80,22 @@ class Run:
   def num_database(self) -> int:
     return len(self.db_source)
 
+  @property
+  def grouped_form(self) -> bool:
+    return self.config.train.similarity == 'grouped'
+
+  @functools.cached_property
+  def label_groups(self) -> grouped.LabelGroups:
+    """The database's label groups (host arrays), for the grouped form."""
+    return grouped.LabelGroups.of(self.db_labels)
+
   def init_state(self) -> train.TrainState:
-    """The initial state; with config.model.pretrained, the trunk and both last-stage
-    copies start from that converted file (aah-convert) or named weights (aah_jax.models.pretrained)."""
+    """The initial state, laid out by train.state_sharding; with config.model.pretrained,
+    the trunk and both last-stage copies start from that converted file (aah-convert) or
+    named weights (aah_jax.models.pretrained)."""
     replicated = mesh_lib.replicated(self.mesh)
-    state = jax.jit(self._init, out_shardings=replicated)(jax.random.key(self.config.seed))
+    state = jax.jit(self._init, out_shardings=self._state_sharding)(
+        jax.random.key(self.config.seed))
     if not self.config.model.get('pretrained'):
       return state
     path = pretrained.resolve(self.config.model.pretrained)
@@ -96,16 +107,29 @@ class Run:
                              variables['params']))
 
   def abstract_state(self) -> train.TrainState:
-    """Shapes, dtypes and (replicated) shardings of the state, for restoring into."""
+    """Shapes, dtypes and shardings of the state, for restoring into."""
     shapes = jax.eval_shape(self._init, jax.random.key(self.config.seed))
-    sharding = mesh_lib.replicated(self.mesh)
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                        shapes)
+    return jax.tree.map(
+        lambda sharding, tree: jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree),
+        self._state_sharding, shapes)
+
+  @property
+  def _state_sharding(self) -> train.TrainState:
+    return train.state_sharding(self.mesh, self.grouped_form)
 
   def _init(self, rng):
     tc = self.config.train
+    if not self.grouped_form:
+      return train.init_state(rng, self.model, self.tx, image_size=self.config.image_size,
+                              db_labels=self.db_labels, num_samples=tc.num_samples)
     return train.init_state(rng, self.model, self.tx, image_size=self.config.image_size,
-                            db_labels=self.db_labels, num_samples=tc.num_samples)
+                            db_labels=self.label_groups.group_of, num_samples=tc.num_samples,
+                            padded_rows=mesh_lib.padded_rows(self.num_database, self.mesh.size))
+
+  def database_codes(self, state: train.TrainState) -> np.ndarray:
+    """B (N, k) of state on the host, without its padding rows."""
+    return mesh_lib.rows_to_host(state.B, self.num_database)
 
   @functools.cached_property
   def _encoder(self):
@@ -125,7 +149,7 @@ class Run:
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
     query_u = self.encode(variables, self.query_source)
     db_u = self.encode(variables, self.db_source)
-    return evaluation.evaluate(query_u, db_u, to_host(state.B), self.query_labels,
+    return evaluation.evaluate(query_u, db_u, self.database_codes(state), self.query_labels,
                                self.db_labels, self.config.seed), (query_u, db_u)
 
 
@@ -151,7 +175,7 @@ def check_resumable(progress: dict, config, num_database: int, workdir: str):
   if progress['num_database'] != num_database:
     fields.append(f'database size ({progress["num_database"]} saved, {num_database} now)')
   if fields:
-    saved = checkpoint.flat_config(progress['config'])
+    saved = checkpoint.saved_fields(progress['config'])
     now = checkpoint.flat_config(config.to_dict())
     shown = [f'{f}: {saved.get(f)!r} saved, {now.get(f)!r} now' if f in saved or f in now else f
              for f in fields]
@@ -260,8 +284,9 @@ def _train(run: Run, workdir: str, start_time: float):
   train.validate_num_samples(config, run.num_database)
   state, progress = restore_or_init(run, ckpts, workdir)
   start_step = int(to_host(state.step))
-  programs = algorithm.Programs.compile(config, run.mesh, run.model, run.tx, run.schedule,
-                                        run.db_labels)
+  programs = algorithm.Programs.compile(
+      config, run.mesh, run.model, run.tx, run.schedule, run.db_labels,
+      run.label_groups if run.grouped_form else None)
   log = run_log.RunLog(workdir, enabled=jax.process_index() == 0, start_step=start_step,
                        total_steps=tc.num_iterations * spi,
                        print_every_steps=config.log.every_steps,
@@ -270,6 +295,7 @@ def _train(run: Run, workdir: str, start_time: float):
     logging.info('%s: N=%d database, %d queries; %d devices; %d outer iterations × %d steps',
                  config.dataset, run.num_database, len(run.query_source), jax.device_count(),
                  tc.num_iterations, spi)
+    _log_similarity_form(run)
   final_u = (None, None)
   try:
     with preemption.StopSignal() as stop:
@@ -290,6 +316,22 @@ def _train(run: Run, workdir: str, start_time: float):
     ckpts.close()
     log.close()
   return state, dict(session.progress, wall_time_seconds=session.wall_time()), final_u
+
+
+def _log_similarity_form(run: Run):
+  """Says which form of S the run trains with, and what it keeps per device."""
+  N, devices = run.num_database, run.mesh.size
+  if not run.grouped_form:
+    logging.info('similarity: explicit (S_batch n × N in the step, S |Ω| × N in the DCC sweep; '
+                 'B (N × k) replicated on each of %d devices)', devices)
+    return
+  G = run.label_groups.num_groups
+  logging.info('similarity: label-grouped, G=%d distinct label rows for N=%d (docs/method.md '
+               '§8); B and the group ids split over %d devices, %d rows each',
+               G, N, devices, mesh_lib.padded_rows(N, devices) // devices)
+  if G > N // 2:
+    logging.warning('G=%d label groups for N=%d items: the grouped step costs O(n·G) and keeps '
+                    'Σ (G × k) on every device, as much as the explicit form', G, N)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -332,7 +374,7 @@ def _write_report(run: Run, state: train.TrainState, final_u: tuple, workdir: st
   if query_u is None:
     query_u, db_u = run.encode(variables, run.query_source), run.encode(variables, run.db_source)
   config = run.config
-  data = report.collect(run.splits, run.model, variables, query_u, db_u, to_host(state.B),
+  data = report.collect(run.splits, run.model, variables, query_u, db_u, run.database_codes(state),
                         workdir, seed=config.seed, image_size=config.image_size,
                         title=f'{config.dataset}, {config.bits} bits: training run '
                               f'{os.path.abspath(workdir)}')

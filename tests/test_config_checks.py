@@ -63,7 +63,7 @@ def test_each_bad_value_is_refused_before_anything_is_written(tmp_path, field, v
 def test_every_shipped_config_passes_and_all_problems_are_listed_at_once():
   import importlib  # pylint: disable=g-import-not-at-top
   for name in ('default', 'tiny', 'default_pretrained', 'cub200', 'aircraft', 'food101',
-               'nabirds', 'vegfru', 'stanford_dogs', 'cifar10', 'nuswide'):
+               'nabirds', 'vegfru', 'stanford_dogs', 'cifar10', 'nuswide', 'inat2021'):
     assert config_checks.problems(importlib.import_module(f'configs.{name}').get_config()) == []
   config = _with('eval.batch_size', 0)
   config.optim.momentum = -0.5

@@ -9,7 +9,7 @@ import pytest
 from aah_jax.models import create_model, precision
 
 CONFIGS = ['default', 'tiny', 'default_pretrained', 'cub200', 'aircraft', 'food101', 'nabirds',
-           'vegfru', 'stanford_dogs', 'cifar10', 'nuswide']
+           'vegfru', 'stanford_dogs', 'cifar10', 'nuswide', 'inat2021']
 PAPER = {'cub200': (40, 2000), 'aircraft': (40, 2000), 'food101': (50, 2000),
          'nabirds': (50, 4000), 'vegfru': (50, 4000)}
 

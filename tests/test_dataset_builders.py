@@ -1,6 +1,7 @@
 """Every dataset builder, built from a small fake copy of its official files written here."""
 
 import io
+import json
 import os
 import pathlib
 import pickle
@@ -318,3 +319,64 @@ def test_unprepared_dataset_names_the_command(tmp_path):
   with pytest.raises(datasets.DatasetFilesError, match='CUB_200_2011'):
     _build('cub200', tmp_path, tmp_path / 'data')
   assert not os.path.exists(tmp_path / 'data' / 'aah_cub200' / '1.0.0' / 'dataset_info.json')
+
+
+def _fake_inat2021(root):
+  """3 species (ids 0–2; two genera of one family, a second family); train: 2 images each,
+  train_mini: 1 each, val: 1 each. Each JSON as the release writes it (COCO-style)."""
+  base = root / 'inat2021'
+  taxa = [('Animalia', 'Chordata', 'Aves', 'Passeriformes', 'Meliphagidae', 'Ptilotula'),
+          ('Animalia', 'Chordata', 'Aves', 'Passeriformes', 'Meliphagidae', 'Anthochaera'),
+          ('Plantae', 'Tracheophyta', 'Magnoliopsida', 'Rosales', 'Rosaceae', 'Rosa')]
+  categories = [dict(id=c, name=f'species {c}', common_name='', supercategory='x',
+                     image_dir_name=f'{c:05d}_dir', specific_epithet='e',
+                     **dict(zip(('kingdom', 'phylum', 'class', 'order', 'family', 'genus'), t)))
+                for c, t in enumerate(taxa)]
+  for split, per_species, folder in (('train', 2, 'train'), ('train_mini', 1, 'train_mini'),
+                                     ('val', 1, 'val')):
+    images, annotations = [], []
+    for c in range(3):
+      for j in range(per_species):
+        image_id = 100 * c + j + (1000 if split == 'val' else 0)
+        name = f'{folder}/{c:05d}_dir/{image_id}.jpg'
+        _image(base / name, 40 * c + 10 * j + 5)
+        images.append({'id': image_id, 'file_name': name, 'width': 24, 'height': 20})
+        annotations.append({'id': image_id, 'image_id': image_id, 'category_id': c})
+    (base / f'{split}.json').write_text(json.dumps(
+        {'info': {}, 'images': images, 'annotations': annotations, 'categories': categories,
+         'licenses': []}))
+  return base
+
+
+@pytest.mark.parametrize('config,train_size', [('default', 6), ('mini', 3)])
+def test_inat2021_species_and_taxonomy_attributes(tmp_path, config, train_size):
+  _fake_inat2021(tmp_path / 'manual')
+  builder = _build('inat2021', tmp_path / 'manual', tmp_path / 'data', builder_config=config)
+  entry = datasets.dataset_entry('inat2021')
+  assert (entry.database_split, entry.query_split) == ('train', 'val')
+  assert len(builder.as_data_source('train')) == train_size
+  val = _by_file(builder, 'val')
+  assert sorted(val) == [f'val/{c:05d}_dir/{1000 + 100 * c}.jpg' for c in range(3)]
+  np.testing.assert_array_equal(datasets.read_labels(builder, 'val'),
+                                [val[name]['label'] for name in val])
+  assert sorted(int(e['label']) for e in val.values()) == [0, 1, 2]
+  attributes, names, values = datasets.read_attributes(builder, 'train')
+  assert names == ['kingdom', 'phylum', 'class', 'order', 'family', 'genus']
+  assert values[0] == ['Animalia', 'Plantae'] and values[5] == ['Anthochaera', 'Ptilotula', 'Rosa']
+  by_label = {int(l): tuple(a) for l, a in zip(datasets.read_labels(builder, 'train'), attributes)}
+  assert by_label == {0: (0, 0, 0, 0, 0, 1), 1: (0, 0, 0, 0, 0, 0), 2: (1, 1, 1, 1, 1, 2)}
+  assert builder.info.metadata['class_names'] == ['species 0', 'species 1', 'species 2']
+  image = val['val/00002_dir/1200.jpg']['image']
+  assert abs(int(np.asarray(image).mean()) - 85) <= 2  # the JPEG of value 40·2 + 5
+
+
+def test_inat2021_files_that_do_not_fit_are_named(tmp_path):
+  base = _fake_inat2021(tmp_path / 'manual')
+  train = json.loads((base / 'train.json').read_text())
+  train['annotations'] = train['annotations'][1:]  # image 0 loses its species
+  (base / 'train.json').write_text(json.dumps(train))
+  with pytest.raises(datasets.DatasetFilesError, match=r'train\.json: image 0 .* has no annotation'):
+    _build('inat2021', tmp_path / 'manual', tmp_path / 'data')
+  (base / 'val.json').write_text('{"images": [')
+  with pytest.raises(datasets.DatasetFilesError, match=r'val\.json is not valid JSON'):
+    _build('inat2021', tmp_path / 'manual', tmp_path / 'data2')

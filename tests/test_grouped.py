@@ -66,7 +66,7 @@ def _both_losses(F, B, db_labels, batch_labels, r):
   groups = grouped.LabelGroups.of(db_labels)
   h = grouped.membership(batch_labels, groups.rows)
   S = adsh.similarity_rows(batch_labels, db_labels, r).astype(F.dtype)
-  summary = grouped.summarize(B, grouped.LabelGroups.of(db_labels))
+  summary = grouped.summarize(B, groups, jnp.arange(2), num_database=len(db_labels))
   explicit = lambda F: losses.hash_loss(F, B, S, code_length=K)
   grouped_form = lambda F: grouped.hash_loss(F, h.astype(F.dtype), r, summary, code_length=K)
   return explicit, grouped_form

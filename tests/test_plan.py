@@ -87,20 +87,33 @@ def test_gpu_flops_agree_with_the_tpu_compilers_count(tiny_plan, tiny_gpu_plan):
 def test_tiny_step_keeps_the_declared_shardings(which, request):
   planned = request.getfixturevalue(which)
   compiled = planned['compiled']['train_step']
-  (state_in, batch_in), _ = compiled.input_shardings
+  assert planned['similarity'] == 'grouped' and planned['num_groups'] == 48  # the default
+  (state_in, batch_in, summary_in), _ = compiled.input_shardings
   state_out, metrics_out = compiled.output_shardings
-  for sharding in jax.tree.leaves((state_in, state_out, metrics_out)):
-    assert sharding.is_fully_replicated, sharding  # the state and metrics: on every chip
+  for state in (state_in, state_out):  # B and the group ids: split over the chips by rows
+    assert state.B.spec == state.db_labels.spec == P('data')
+    for sharding in jax.tree.leaves(state.replace(B=None, db_labels=None)):
+      assert sharding.is_fully_replicated, sharding  # the rest of the state: on every chip
+  for sharding in jax.tree.leaves((summary_in, metrics_out)):
+    assert sharding.is_fully_replicated, sharding
+  # The batch: split over the chips. 'index' (ω) is not read by the grouped step (quant takes
+  # B_Ω by position), so jit drops it and reports no sharding.
+  assert batch_in['index'] is None
   for name, sharding in batch_in.items():
-    assert sharding.spec == P('data'), name  # the batch: split over the chips
+    assert name == 'index' or sharding.spec == P('data'), name
+  # Each chip holds N/chips rows of B (960 over 4 or 8: no padding), and no program array
+  # has all N rows (the step never reads B: it takes the summary).
+  N, k = planned['num_database'], tiny.get_config().bits
+  hlo_text = compiled.as_text()
+  assert f'f32[{N // planned["devices"]},{k}]' in hlo_text
+  assert f'[{N},{k}]' not in hlo_text and f'[{N}]' not in hlo_text
   # No chip gathers the image batch: its per-device argument is its own slice, and no
   # all-gather in the optimised HLO has the global image batch's shape.
-  hlo = compiled.as_text()
   image = tiny.get_config().image_size
   pixel = {'bfloat16': 'bf16', 'float32': 'f32'}[planned['model_dtype']]  # image_dtype 'auto'
   assert f'{pixel}[{planned["global_batch"]},{image},{image},3]' not in ''.join(
-      line for line in hlo.splitlines() if 'all-gather' in line)
-  assert f'{pixel}[{PER_CHIP_BATCH},{image},{image},3]' in hlo
+      line for line in hlo_text.splitlines() if 'all-gather' in line)
+  assert f'{pixel}[{PER_CHIP_BATCH},{image},{image},3]' in hlo_text
 
 
 @needs_libtpu

@@ -205,13 +205,14 @@ TINY_SIZES = ('--config.data.builder_config=tiny', '--config.model.num_attention
 def test_the_worked_variant_trains_its_new_term_and_the_tools_know_it(data_dir, tmp_path):
   """configs/variants/bit_balance.py (one file: a term, its registration, its weights) trains
   with the term in the loss and the logs; aah-eval restores the run, term and all. The run
-  also takes the label-grouped form of the hash loss and the DCC sweep (docs/method.md §8;
-  its maths: test_grouped.py, test_train.py), which the terms see through LossInputs."""
+  also takes the explicit form of the hash loss and the DCC sweep (S against a replicated B,
+  the reference's; the other runs here take the default label-grouped form, docs/method.md
+  §8), which the terms see through LossInputs."""
   workdir = tmp_path / 'run'
   result = _run([sys.executable, '-m', 'aah_jax.main', '--config=configs/variants/bit_balance.py',
                  f'--workdir={workdir}', f'--config.data.data_dir={data_dir}', *TINY_SIZES,
                  '--config.train.num_iterations=1', '--config.train.epochs=1',
-                 '--config.train.similarity=grouped'])
+                 '--config.train.similarity=explicit'])
   assert result.returncode == 0, result.stderr[-4000:]
   steps = run_log.read_metrics(workdir, 'step')
   assert len(steps) == 15 and all(0 < r['balance'] < 1 for r in steps)  # (1/k)Σ mean², |u| < 1
@@ -240,11 +241,22 @@ def jax_leaves(tree) -> dict:
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def test_a_different_config_does_not_continue_a_run(tiny_run, data_dir):
+def test_a_different_config_does_not_continue_a_run(tiny_run, data_dir, tmp_path):
   workdir, _ = tiny_run
   result = _run(_train_command(workdir, data_dir, '--config.bits=16'))
   assert result.returncode != 0
   assert 'different run' in result.stderr and 'bits: 12 saved, 16 now' in result.stderr
+  # A run saved before train.similarity existed trained in the explicit form (ADDED_FIELDS):
+  # it continues only as such, and the message names the field and both values.
+  old = tmp_path / 'old'
+  shutil.copytree(workdir / 'checkpoints', old / 'checkpoints')
+  for metadata in (old / 'checkpoints').glob('*/progress/metadata'):
+    progress = json.loads(metadata.read_text())
+    del progress['config']['train']['similarity']
+    metadata.write_text(json.dumps(progress))
+  result = _run(_train_command(old, data_dir))
+  assert result.returncode != 0
+  assert "train.similarity: 'explicit' saved, 'grouped' now" in result.stderr
 
 
 def test_non_finite_loss_stops_and_names_the_step(data_dir, tmp_path):

@@ -53,7 +53,7 @@ def _run_steps(devices, state, batches, kwargs, summary=None):
   """The compiled step on a mesh of devices; with B's summary, in the label-grouped form."""
   mesh = Mesh(np.array(devices), ('data',))
   step = train.compile_train_step(mesh, summary is not None, **kwargs)
-  state = jax.device_put(state, NamedSharding(mesh, P()))
+  state = jax.device_put(state, train.state_sharding(mesh, summary is not None))
   extra = () if summary is None else (jax.device_put(summary, NamedSharding(mesh, P())),)
   history = []
   for batch in batches:
@@ -107,18 +107,26 @@ def test_train_step_on_1_and_8_devices_agree(bn_groups):
 
 @pytest.mark.equivalence
 def test_the_grouped_step_on_8_devices_equals_the_explicit_step_on_1():
-  # docs/method.md §8: the same hash loss summed per label group; B is fixed within an
-  # iteration, so one summary serves both steps. float64: within FLOAT64_RTOL (see above).
+  # docs/method.md §8: the same hash loss summed per label group, quant from B_Ω; B is fixed
+  # within an iteration, so one summary serves both steps. In the grouped layout the state
+  # holds the group ids, and B and they are split over the 8 devices by rows (20 each).
+  # float64: within FLOAT64_RTOL (see above).
   with jax.enable_x64(True):
     state, batches, kwargs = _setup(1, dtype='float64')
     state = state.replace(negative_weight=np.float64(0.125))  # soft r of 8 balanced classes
-    summary = grouped.summarize(jnp.asarray(state.B), grouped.LabelGroups.of(state.db_labels))
+    groups = grouped.LabelGroups.of(state.db_labels)
+    omega = np.zeros(2 * BATCH, np.int32)  # Ω by position: the database index of each U row
+    for batch in batches:
+      omega[batch['position']] = batch['index']
+    summary = grouped.summarize(jnp.asarray(state.B), groups, omega, num_database=NUM_DB)
     explicit, metrics_explicit = _run_steps(jax.devices()[:1], state, batches, kwargs)
-    by_group, metrics_grouped = _run_steps(jax.devices(), state, batches, kwargs, summary)
+    by_group, metrics_grouped = _run_steps(
+        jax.devices(), state.replace(db_labels=groups.group_of), batches, kwargs, summary)
   _assert_trees_close(metrics_explicit, metrics_grouped, FLOAT64_RTOL)
   _assert_trees_close((explicit.batch_stats, explicit.U), (by_group.batch_stats, by_group.U),
                       FLOAT64_RTOL)
   _assert_updates_agree(state.params, explicit.params, by_group.params, FLOAT64_RTOL)
+  np.testing.assert_array_equal(by_group.B, state.B)  # the step reads no B, changes none
 
 
 def test_per_group_batch_norm_changes_the_step():
@@ -155,17 +163,22 @@ def test_sharded_dcc_update_equals_the_unsharded_sweep():
 @pytest.mark.equivalence
 def test_sharded_grouped_dcc_update_gives_the_explicit_bits():
   rng = np.random.default_rng(1)
-  N, n_omega, k = 80, 24, 12
+  N, n_omega, k = 75, 24, 12  # 75 rows: padded to 80 over the 8 devices, 10 rows each
   labels = (rng.random((N, 6)) < 0.3).astype(np.int32)  # multi-label: 2⁶ possible rows
   omega = rng.choice(N, n_omega, replace=False)
   U, B = np.tanh(rng.normal(size=(n_omega, k))), rng.normal(size=(N, k))
+  groups = grouped.LabelGroups.of(labels)
   # Exact equality in float64, as above: the two forms add the same terms in other orders.
   with jax.enable_x64(True):
     mesh = Mesh(np.array(jax.devices()), ('data',))
+    rows = NamedSharding(mesh, P('data'))
+    pad = lambda x: jax.device_put(np.pad(x, [(0, 5)] + [(0, 0)] * (x.ndim - 1)), rows)
     update = train.make_database_update(mesh, N, 200.0, True, grouped_form=True)
-    got = update(B, U, omega, labels[omega], grouped.LabelGroups.of(labels))
+    got = update(pad(B), U, omega, labels[omega], groups.replace(group_of=pad(groups.group_of)))
     want = adsh.dcc_update(B, U, omega, adsh.similarity(labels[omega], labels), 200.0)
-  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  assert got.sharding.is_equivalent_to(rows, 2)  # B stays split by rows
+  np.testing.assert_array_equal(np.asarray(got)[:N], np.asarray(want))
+  np.testing.assert_array_equal(np.asarray(got)[N:], 0)  # padding rows stay 0
 
 
 def test_schedule_phases_and_learning_rate():

@@ -30,7 +30,7 @@ from aah_jax.common import mesh as mesh_lib
 from aah_jax.data import datasets
 from aah_jax.data.datasets.synthetic_birds import AahSyntheticBirds
 from aah_jax.models import precision
-from aah_jax.training import evaluation, train
+from aah_jax.training import evaluation, grouped, train
 
 GiB = 2 ** 30
 
@@ -160,24 +160,47 @@ def database_shape(config, num_database: Optional[int] = None) -> tuple[int, tup
   return int(num_database), ((num_labels,) if num_labels else ())
 
 
+def database_groups(config) -> int:
+  """G of the config's database where the dataset fixes it (its classes), else PlanError."""
+  builder = datasets.dataset_entry(config.dataset).builder_cls
+  if builder is AahSyntheticBirds:
+    name = config.data.builder_config or builder.DEFAULT_CONFIG_NAME
+    return {c.name: c for c in builder.BUILDER_CONFIGS}[name].num_classes
+  classes = getattr(builder, 'NUM_CLASSES', None)
+  if not classes:
+    raise PlanError(f'the label groups of config.dataset={config.dataset!r} are not fixed by '
+                    f'the dataset: pass --num_groups')
+  return int(classes)
+
+
 # ----------------------------------------------------------------------------- programs
 
 
-def _abstract(tree, sharding):
+def _abstract(sharding, tree):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
 def _programs(config, mesh, per_device_batch: int, per_device_eval_batch: int,
-              num_database: int, label_shape: tuple[int, ...]) -> dict:
-  """name → (jitted function, abstract arguments, images per call) of what a run compiles."""
+              num_database: int, label_shape: tuple[int, ...],
+              num_groups: Optional[int] = None) -> dict:
+  """name → (jitted function, abstract arguments, images per call) of what a run compiles.
+  In the label-grouped form (config.train.similarity='grouped') the step takes B's
+  summary for num_groups label groups, and B and the group ids are split by rows."""
   devices = mesh.size
   model, schedule, tx = train.network_and_optimizer(config, devices)
-  tc = config.train
+  tc, grouped_form = config.train, config.train.similarity == 'grouped'
   replicated, rows = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
-  labels = jnp.zeros((num_database,) + label_shape, jnp.int32)
-  state = _abstract(jax.eval_shape(functools.partial(
-      train.init_state, model=model, tx=tx, image_size=config.image_size, db_labels=labels,
-      num_samples=tc.num_samples), jax.random.key(0)), replicated)
+  if grouped_form:
+    init = functools.partial(
+        train.init_state, db_labels=jnp.zeros((num_database,), jnp.int32),
+        padded_rows=mesh_lib.padded_rows(num_database, devices))
+  else:
+    init = functools.partial(train.init_state,
+                             db_labels=jnp.zeros((num_database,) + label_shape, jnp.int32))
+  shapes = jax.eval_shape(functools.partial(init, model=model, tx=tx,
+                                            image_size=config.image_size,
+                                            num_samples=tc.num_samples), jax.random.key(0))
+  state = jax.tree.map(_abstract, train.state_sharding(mesh, grouped_form), shapes)
 
   def batch_of(n):
     return jax.ShapeDtypeStruct((n, config.image_size, config.image_size, 3),
@@ -187,16 +210,26 @@ def _programs(config, mesh, per_device_batch: int, per_device_eval_batch: int,
   ints = lambda shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=rows)
   batch = {'image': batch_of(n), 'label': ints((n,) + label_shape), 'index': ints((n,)),
            'position': ints((n,))}
-  step = train.compile_train_step(mesh, model=model, tx=tx, schedule=schedule,
+  step = train.compile_train_step(mesh, grouped_form, model=model, tx=tx, schedule=schedule,
                                   weights=train.loss_weights(config), gamma=config.loss.gamma)
   update = train.make_database_update(mesh, num_database, config.loss.gamma,
-                                      config.loss.soft_similarity)
+                                      config.loss.soft_similarity, grouped_form)
   sampled = lambda shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=replicated)
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  step_arguments, db_labels = (state, batch), state.db_labels
+  if grouped_form:
+    G, k, dtype = num_groups, model.bits, state.B.dtype
+    floats = lambda shape: jax.ShapeDtypeStruct(shape, dtype, sharding=replicated)
+    summary = grouped.DatabaseSummary(
+        gram=floats((k, k)), group_sums=floats((G, k)), group_rows=sampled((G,) + label_shape),
+        counts=floats((G,)), omega_codes=floats((tc.num_samples, k)), num_database=num_database)
+    step_arguments += (summary,)
+    db_labels = grouped.LabelGroups(rows=summary.group_rows, group_of=state.db_labels,
+                                    counts=sampled((G,)))
   return {
-      'train_step': (step, (state, batch), n),
+      'train_step': (step, step_arguments, n),
       'dcc_update': (update, (state.B, state.U, sampled((tc.num_samples,)),
-                              sampled((tc.num_samples,) + label_shape), state.db_labels), None),
+                              sampled((tc.num_samples,) + label_shape), db_labels), None),
       'encoder': (evaluation.make_encoder(model, mesh),
                   (variables, batch_of(per_device_eval_batch * devices)),
                   per_device_eval_batch * devices),
@@ -286,12 +319,13 @@ def analyse(compiled, chip: Chip, images: Optional[int], dtype: str,
 
 
 def one_device_costs(config, per_device_batch: int, per_device_eval_batch: int,
-                     num_database: int, label_shape: tuple[int, ...]) -> dict:
+                     num_database: int, label_shape: tuple[int, ...],
+                     num_groups: Optional[int] = None) -> dict:
   """name → XLA's cost analysis of each program lowered for one CPU device at the per-device
   batch (unoptimised HLO; flops are those of the data-parallel program per device)."""
   mesh = Mesh(np.array(jax.devices('cpu')[:1]), ('data',))
   programs = _programs(config, mesh, per_device_batch, per_device_eval_batch, num_database,
-                       label_shape)
+                       label_shape, num_groups)
   return {name: function.lower(*arguments).cost_analysis() or {}
           for name, (function, arguments, _) in programs.items()}
 
@@ -304,9 +338,11 @@ def compile_program(function, arguments):
 
 def plan(config, topology: str, per_chip_batch: int = 16, per_chip_eval_batch: int = 64,
          num_database: Optional[int] = None, only: Optional[tuple[str, ...]] = None,
-         keep_compiled: bool = False) -> dict:
+         keep_compiled: bool = False, num_groups: Optional[int] = None) -> dict:
   """Compiles the config's programs for the topology and analyses each (see module doc).
-  keep_compiled: also return each compiled executable under report['compiled'][name]."""
+  keep_compiled: also return each compiled executable under report['compiled'][name].
+  num_groups: G, the database's distinct label rows, for the label-grouped form
+  (config.train.similarity='grouped'; default: the class count where the dataset fixes it)."""
   if per_chip_batch < 1 or per_chip_eval_batch < 1:
     raise PlanError(f'per-chip batches must be ≥ 1 (got {per_chip_batch}, {per_chip_eval_batch})')
   devices, chip = topology_devices(topology)
@@ -323,14 +359,17 @@ def plan(config, topology: str, per_chip_batch: int = 16, per_chip_eval_batch: i
   if unknown:
     raise PlanError(f'--programs: {sorted(unknown)} not among {list(PROGRAMS)}')
   num_database, label_shape = database_shape(config, num_database)
+  if config.train.similarity == 'grouped':
+    num_groups = num_groups or database_groups(config)
   config = precision.resolve_config(config, devices[0].platform)  # as the pod's run decides
   mesh = Mesh(np.array(devices), ('data',))
   programs = _programs(config, mesh, per_chip_batch // per_chip, per_chip_eval_batch // per_chip,
-                       num_database, label_shape)
+                       num_database, label_shape, num_groups)
   report = {'topology': topology, 'chip': dataclasses.asdict(chip), 'chips': chips,
             'devices': len(devices), 'devices_per_chip': per_chip,
             'device_kind': devices[0].device_kind, 'dataset': config.dataset,
-            'num_database': num_database, 'per_chip_batch': per_chip_batch,
+            'num_database': num_database, 'similarity': config.train.similarity,
+            'num_groups': num_groups, 'per_chip_batch': per_chip_batch,
             'global_batch': per_chip_batch * chips, 'model_dtype': config.model.dtype,
             'image_size': config.image_size, 'programs': {},
             'note': 'estimated_* are roofline estimates from the compiler\'s flop and byte '
@@ -346,7 +385,8 @@ def plan(config, topology: str, per_chip_batch: int = 16, per_chip_eval_batch: i
                       f'{topology}: {str(error).splitlines()[0]}') from error
     if not compiled.cost_analysis() and fallback is None:  # the GPU compiler counts nothing
       fallback = one_device_costs(config, per_chip_batch // per_chip,
-                                  per_chip_eval_batch // per_chip, num_database, label_shape)
+                                  per_chip_eval_batch // per_chip, num_database, label_shape,
+                                  num_groups)
     report['programs'][name] = dict(
         analyse(compiled, share, images, config.model.dtype, (fallback or {}).get(name)),
         compile_seconds=seconds)
@@ -372,7 +412,8 @@ def largest_fitting_batch(config, topology: str, report: dict, num_database=None
 
   def total(b):
     try:
-      return plan(config, topology, b, num_database=num_database, only=('train_step',))[
+      return plan(config, topology, b, num_database=num_database, only=('train_step',),
+                  num_groups=report.get('num_groups'))[
           'programs']['train_step']['memory_per_device']['total']
     except PlanError as error:
       if 'RESOURCE_EXHAUSTED' in str(error) or 'memory' in str(error).lower():

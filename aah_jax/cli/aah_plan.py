@@ -1,7 +1,8 @@
 """aah-plan: compile a config for a Cloud TPU topology or GPU nodes on this host, and size it.
 
     aah-plan --config=configs/cub200.py --topology=v5e:4x4 [--per_chip_batch=16]
-             [--per_chip_eval_batch=64] [--num_database=N] [--search_batch] [--out=plan.json]
+             [--per_chip_eval_batch=64] [--num_database=N] [--num_groups=G] [--search_batch]
+             [--out=plan.json]
              [--programs=train_step,dcc_update,encoder] [--hlo_dir=DIR]
              [--config.FIELD=VALUE ...]
 
@@ -37,6 +38,8 @@ flags.DEFINE_string('topology', None, 'TPU topology, GENERATION:SHAPE (v5e:2x2, 
 flags.DEFINE_integer('per_chip_batch', 16, 'Training images per chip per step.')
 flags.DEFINE_integer('per_chip_eval_batch', 64, 'Encoder images per chip per call.')
 flags.DEFINE_integer('num_database', None, 'Database size N, where the dataset does not fix it.')
+flags.DEFINE_integer('num_groups', None, 'Distinct database label rows G, for '
+                     'config.train.similarity=grouped where the dataset does not fix them.')
 flags.DEFINE_bool('search_batch', False, 'Also find the largest per-chip train batch that fits '
                   '(2 to 4 more compiles of the step).')
 flags.DEFINE_list('programs', list(plan.PROGRAMS), 'Which programs to compile, of '
@@ -53,12 +56,19 @@ def _size(num_bytes: float) -> str:
   return f'{num_bytes / 2**20:.1f} MiB'
 
 
+def _similarity(report: dict) -> str:
+  if report.get('similarity') == 'grouped':
+    return f'label-grouped, G = {report["num_groups"]:,}'
+  return 'explicit similarity'
+
+
 def summary(report: dict) -> str:
   chip = report['chip']
   lines = [f'{report["topology"]}: {report["chips"]} × {chip["name"]} ({report["device_kind"]}, '
            f'{_size(chip["hbm_bytes"])} HBM each, {report["devices_per_chip"]} device(s) per '
            f'chip); {report["dataset"]}, N = '
-           f'{report["num_database"]:,}, {report["image_size"]} px, {report["model_dtype"]}, '
+           f'{report["num_database"]:,} ({_similarity(report)}), {report["image_size"]} px, '
+           f'{report["model_dtype"]}, '
            f'{report["per_chip_batch"]} images per chip (global batch {report["global_batch"]})']
   for name, program in report['programs'].items():
     memory = program['memory_per_device']
@@ -95,7 +105,8 @@ def main(argv):
   try:
     report = plan.plan(FLAGS.config, FLAGS.topology, FLAGS.per_chip_batch,
                        FLAGS.per_chip_eval_batch, FLAGS.num_database,
-                       only=tuple(FLAGS.programs), keep_compiled=bool(FLAGS.hlo_dir))
+                       only=tuple(FLAGS.programs), keep_compiled=bool(FLAGS.hlo_dir),
+                       num_groups=FLAGS.num_groups)
     if FLAGS.search_batch:
       largest, exact = plan.largest_fitting_batch(FLAGS.config, FLAGS.topology, report,
                                                   FLAGS.num_database)

@@ -89,9 +89,10 @@ def saved_config(workdir: str, step: Optional[int] = None,
 
 
 def _config_of(progress: dict, overrides: Optional[dict]) -> ml_collections.ConfigDict:
-  # Fields added to aah_jax after the run was saved take their defaults.
+  # Fields added to aah_jax after the run was saved take the values that reproduce the run
+  # (checkpoint.ADDED_FIELDS), or else their defaults.
   config = defaults.get_config()
-  for dotted, value in checkpoint.flat_config(progress['config']).items():
+  for dotted, value in checkpoint.saved_fields(progress['config']).items():
     _set(config, dotted, tuple(value) if isinstance(value, list) else value)
   for dotted, value in (overrides or {}).items():
     _set(config, dotted, value)
@@ -111,7 +112,8 @@ def restore_run(workdir: str, step: Optional[int] = None,
   run = run_lib.prepare(_config_of(progress, overrides))
   return RestoredRun(run=run, variables={'params': tree['params'],
                                          'batch_stats': tree['batch_stats']},
-                     B=np.asarray(tree['B']), step=step, progress=progress)
+                     B=np.asarray(tree['B'])[:progress['num_database']], step=step,
+                     progress=progress)  # the grouped form's B has padding rows
 
 
 def overrides_from_flags() -> dict:

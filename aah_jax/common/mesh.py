@@ -1,10 +1,12 @@
 """How arrays are laid out over devices and processes: one 1-D 'data' mesh of every device;
-batches sharded on it, everything else replicated."""
+batches sharded on it, and in the label-grouped form the database's codes and group ids
+(rows padded to a multiple of the devices); everything else replicated."""
 
 import collections
 from typing import Iterable, Iterator
 
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
@@ -26,6 +28,20 @@ def batch_sharded(mesh) -> NamedSharding:
 def rows_sharded(mesh, num_rows: int) -> NamedSharding:
   """Rows split over 'data' where they divide evenly over the devices, else replicated."""
   return batch_sharded(mesh) if num_rows % mesh.size == 0 else replicated(mesh)
+
+
+def padded_rows(num_rows: int, num_devices: int) -> int:
+  """num_rows rounded up to a multiple of num_devices: the rows of an array split evenly over
+  'data' (JAX shards only even splits), the last ones padding."""
+  return -(-num_rows // num_devices) * num_devices
+
+
+def rows_to_host(x, num_rows: int) -> np.ndarray:
+  """The first num_rows rows of a global array, replicated or split over devices (of one
+  process or several: then every process gathers them), as a NumPy array."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.sharding.is_fully_replicated:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))[:num_rows]
+  return to_host(x)[:num_rows]
 
 
 def global_batch_array(local_batch: dict, sharding) -> dict:

@@ -33,50 +33,63 @@ class Programs:
   (state, batch, B's summary) → (state, metrics), the DCC sweep of B and r. They read the
   database's labels as ``database_labels`` gives them: state.db_labels, or in the
   label-grouped form (``config.train.similarity='grouped'``, docs/method.md §8) its
-  ``grouped.LabelGroups``, built once."""
+  ``grouped.LabelGroups``: the group rows and counts here (built once), the group ids in
+  the state."""
 
   train_step: Callable
   update_codes: Callable
   negative_weight: Callable
-  summarize: Callable  # (B, database labels) → B's summary for the step, or None
-  rows: Callable  # (labels, Ω) → labels[Ω], replicated
+  summarize: Callable  # (B, database labels, Ω) → B's summary for the step, or None
+  omega_labels: Callable  # (database labels, Ω) → Ω's labels, replicated
+  column_sums: Callable  # B → Σ_j B_j (k,), for the bit balance
   batch_sharding: Any
   steps_per_iteration: int  # the schedule's, which also places a run (state.step)
+  num_database: int
   groups: Optional[grouped.LabelGroups] = None
 
   @classmethod
   def compile(cls, config: ml_collections.ConfigDict, mesh, model, tx, schedule,
-              db_labels) -> 'Programs':
-    """db_labels: the database's labels (host or device), for the grouped form's groups."""
-    soft, form = config.loss.soft_similarity, config.train.similarity
+              db_labels, groups: Optional[grouped.LabelGroups] = None) -> 'Programs':
+    """db_labels: the database's labels (host or device); groups: their label groups
+    (host), for the grouped form (built from db_labels if not given)."""
+    soft, form, num_database = config.loss.soft_similarity, config.train.similarity, len(db_labels)
     replicated = mesh_lib.replicated(mesh)
     step = train.compile_train_step(mesh, form == 'grouped', model=model, tx=tx,
                                     schedule=schedule, weights=train.loss_weights(config),
                                     gamma=config.loss.gamma)
     programs = dict(
-        update_codes=train.make_database_update(mesh, len(db_labels), config.loss.gamma, soft,
+        update_codes=train.make_database_update(mesh, num_database, config.loss.gamma, soft,
                                                 form == 'grouped'),
-        rows=jax.jit(lambda labels, omega: labels[omega], out_shardings=replicated),
+        column_sums=jax.jit(lambda B: B.sum(axis=0), out_shardings=replicated),
         batch_sharding=mesh_lib.batch_sharded(mesh),
-        steps_per_iteration=schedule.steps_per_iteration)
+        steps_per_iteration=schedule.steps_per_iteration, num_database=num_database)
     if form == 'explicit':
       return cls(train_step=lambda state, batch, summary: step(state, batch),
                  negative_weight=jax.jit(functools.partial(adsh.negative_weight, soft=soft),
                                          out_shardings=replicated),
-                 summarize=lambda B, labels: None, **programs)
+                 summarize=lambda B, labels, omega: None,
+                 omega_labels=jax.jit(lambda labels, omega: labels[omega],
+                                      out_shardings=replicated), **programs)
+    groups = groups if groups is not None else grouped.LabelGroups.of(to_host(db_labels))
     return cls(
         train_step=step,
-        negative_weight=jax.jit(
-            lambda labels, groups: grouped.negative_weight(
-                grouped.membership(labels, groups.rows), groups.counts, soft),
-            out_shardings=replicated),
-        summarize=jax.jit(grouped.summarize, out_shardings=replicated),
-        groups=jax.device_put(grouped.LabelGroups.of(to_host(db_labels)), replicated),
-        **programs)
+        negative_weight=jax.jit(functools.partial(grouped.omega_negative_weight, soft=soft),
+                                out_shardings=replicated),
+        summarize=jax.jit(functools.partial(grouped.summarize, num_database=num_database),
+                          out_shardings=replicated),
+        omega_labels=jax.jit(lambda groups, omega: groups.rows[groups.group_of[omega]],
+                             out_shardings=replicated),
+        groups=jax.device_put(groups.replace(group_of=None), replicated), **programs)
 
   def database_labels(self, state: train.TrainState):
     """The labels the programs read, from this state (each step donates the one before)."""
-    return state.db_labels if self.groups is None else self.groups
+    if self.groups is None:
+      return state.db_labels
+    return self.groups.replace(group_of=state.db_labels)
+
+  def bit_balance(self, B) -> float:
+    """mean_b |mean_j B_jb| over the N database rows (padding rows are 0)."""
+    return float(np.abs(to_host(self.column_sums(B)) / self.num_database).mean())
 
 
 class StepHooks(Protocol):
@@ -129,13 +142,12 @@ def outer_iteration(state: train.TrainState, iteration: int, config: ml_collecti
   state after the DCC sweep, the iteration's record: mean step metrics and bit balance).
   done_metrics: the metrics of the steps a resumed iteration has already taken."""
   tc = config.train
-  num_database = state.B.shape[0]
-  omega = sample_omega(config.seed, iteration, num_database, tc.num_samples)  # 1. draw Ω
-  omega_labels = programs.rows(state.db_labels, omega)
+  omega = sample_omega(config.seed, iteration, programs.num_database, tc.num_samples)  # 1. Ω
+  omega_labels = programs.omega_labels(programs.database_labels(state), omega)
   state = state.replace(  # 2. r for Ω × database
       negative_weight=programs.negative_weight(omega_labels, programs.database_labels(state)))
   metrics = StepMetrics(iteration, done_metrics, hooks)
-  summary = programs.summarize(state.B, programs.database_labels(state))  # None: explicit
+  summary = programs.summarize(state.B, programs.database_labels(state), omega)  # explicit: None
   state = train_on_omega(state, iteration, omega, config, db_source, programs, hooks, metrics,
                          summary)  # 3. epochs of steps over Ω
   state = state.replace(  # 4. one DCC sweep of B
@@ -143,7 +155,7 @@ def outer_iteration(state: train.TrainState, iteration: int, config: ml_collecti
                               programs.database_labels(state)))
   record = {'iteration': iteration + 1, **_mean(metrics.read_all())}
   record['phase'] = int(record['phase'])
-  record['bit_balance'] = float(np.abs(to_host(state.B).mean(axis=0)).mean())
+  record['bit_balance'] = programs.bit_balance(state.B)
   return state, record
 
 

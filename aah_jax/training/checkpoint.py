@@ -76,14 +76,46 @@ def flat_config(tree: Any, prefix: str = '') -> dict:
   return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
 
 
+def saved_fields(saved_config: dict) -> dict:
+  """A saved run's config as flat_config gives it, with the fields added since it was saved
+  at the values that reproduce it (ADDED_FIELDS)."""
+  return dict(ADDED_FIELDS, **flat_config(saved_config))
+
+
 def incompatible_fields(saved_config: dict, config: ml_collections.ConfigDict) -> list[str]:
   """Fields (dotted) where config differs from the saved one, outside RESUMABLE_CHANGES
   (a field added since the run was saved counts with the value ADDED_FIELDS gives it)."""
-  saved = dict(ADDED_FIELDS, **flat_config(saved_config))
+  saved = saved_fields(saved_config)
   now = flat_config(config.to_dict())
   allowed = lambda key: any(key == f or key.startswith(f + '.') for f in RESUMABLE_CHANGES)
   return sorted(key for key in set(saved) | set(now)
                 if not allowed(key) and saved.get(key) != now.get(key))
+
+
+# State fields whose rows are padded to a multiple of the devices (train.TrainState's
+# grouped-form layout): restored onto another topology, their row count may change.
+PADDED_FIELDS = ('B', 'db_labels')
+
+
+def _shapes_by_name(tree) -> dict:
+  """{'field.sub…': shape} of a state tree (a TrainState, or the dicts orbax saved)."""
+  leaves = jax.tree_util.tree_leaves_with_path(
+      tree, is_leaf=lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype'))
+  name = lambda path: '.'.join(str(getattr(k, 'name', getattr(k, 'key', getattr(k, 'idx', k))))
+                               for k in path)
+  return {name(path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def _shape_differences(saved: dict, abstract_state) -> dict:
+  """{name: True if more than the rows differ (or the field is missing)} of the fields whose
+  saved shape is not the target's."""
+  target = _shapes_by_name(abstract_state)
+  out = {}
+  for name in sorted(set(saved) | set(target)):
+    a, b = saved.get(name), target.get(name)
+    if a != b:
+      out[name] = a is None or b is None or len(a) != len(b) or a[1:] != b[1:]
+  return out
 
 
 class RunCheckpoints:
@@ -120,10 +152,26 @@ class RunCheckpoints:
                        metrics=metrics, force=True)
 
   def restore_state(self, abstract_state, step: Optional[int] = None):
-    """The state of step (default: latest), shaped and sharded like abstract_state."""
+    """The state of step (default: latest), shaped and sharded like abstract_state. The
+    fields in PADDED_FIELDS may differ in rows (their padding to a multiple of the devices,
+    saved on another topology): the rows past the saved ones read as 0, saved padding rows
+    past the target's are dropped; any other difference is an error naming the field."""
     step = self._step(step)
+    saved = self._read(step, 'state', lambda: _shapes_by_name(self._saved_metadata(step)))
+    differing = _shape_differences(saved, abstract_state)
+    if any(name.split('.')[0] not in PADDED_FIELDS or more for name, more in differing.items()):
+      target = _shapes_by_name(abstract_state)
+      shown = '; '.join(f'{name}: saved {saved.get(name)}, expected {target.get(name)}'
+                        for name in differing)
+      raise ValueError(f'checkpoint step {step} in {self._manager.directory} does not hold '
+                       f'this run\'s state: {shown}')
     return self._read(step, 'state', lambda: self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state)))['state'])
+        state=ocp.args.StandardRestore(abstract_state, strict=not differing)))['state'])
+
+  def _saved_metadata(self, step: int):
+    """The saved state's tree of array metadata (shape, dtype), read without the arrays."""
+    with ocp.StandardCheckpointer() as reader:
+      return reader.metadata(self._manager.directory / str(step) / 'state').item_metadata
 
   def restore_tree(self, step: Optional[int] = None) -> dict:
     """The saved state of step (default: latest) as a tree of dicts of arrays on this
@@ -132,8 +180,7 @@ class RunCheckpoints:
     step = self._step(step)
 
     def read():
-      with ocp.StandardCheckpointer() as reader:
-        saved = reader.metadata(self._manager.directory / str(step) / 'state').item_metadata
+      saved = self._saved_metadata(step)
       here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
       target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
                                                               sharding=here),

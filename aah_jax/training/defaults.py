@@ -85,9 +85,10 @@ def _train_fields(config: ml_collections.ConfigDict):
   config.train.epochs = 3  # epochs over Ω per outer iteration
   config.train.batch_size = 64  # global batch n
   # How the step and the DCC sweep compute against the database (docs/method.md §8):
-  # 'explicit' builds the n × N and |Ω| × N similarities; 'grouped' sums per distinct label
-  # row instead (no N-sized similarity; equal up to float rounding).
-  config.train.similarity = 'explicit'
+  # 'grouped' sums per distinct label row (no N-sized similarity; B and the group ids split
+  # over the devices by rows); 'explicit' builds the n × N and |Ω| × N similarities against
+  # a replicated B (the reference's form). The same maths up to float rounding.
+  config.train.similarity = 'grouped'
   # BatchNorm statistics per device (as unsynchronised data-parallel PyTorch) instead of
   # over the global batch.
   config.train.per_device_batch_norm = False

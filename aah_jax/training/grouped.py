@@ -9,13 +9,15 @@ Gram matrix K = BᵀB (k × k) and the group sums Σ_g = Σ_{g(j)=g} B_j (G × k
 product the hash loss takes of B (``DatabaseSummary``), and the DCC sweep needs SᵀU only
 per group.
 
-``config.train.similarity='grouped'`` trains with these (the step gets B's summary, the DCC
-sweep the label groups); 'explicit' (the default) builds S. tests/test_grouped.py checks the
-two against each other.
+``config.train.similarity='grouped'`` trains with these: the step gets B's summary (and B_Ω
+for the quantisation term), never B; B and the group ids live split over the devices by
+rows (``TrainState``), and the DCC sweep runs on each device's rows. 'explicit' (the
+default) builds S against a replicated B. tests/test_grouped.py checks the two against
+each other.
 """
 
 import dataclasses
-from typing import Any
+from typing import Any, Optional
 
 import flax.struct
 import jax
@@ -73,39 +75,52 @@ def negative_weight(h, counts, soft: bool = True):
   return jnp.where(negatives > 0, positives / jnp.maximum(negatives, 1.0), 0.0)
 
 
+def omega_negative_weight(omega_labels, groups: LabelGroups, soft: bool = True):
+  """r of Ω × database from Ω's labels and the database's label groups."""
+  return negative_weight(membership(omega_labels, groups.rows), groups.counts, soft)
+
+
 @flax.struct.dataclass
 class DatabaseSummary:
-  """What the hash loss needs of B (fixed during an outer iteration): K = BᵀB (k × k), the
-  group sums Σ (G × k), the group rows and counts c (G,), and N (static). A pytree: jitted
-  functions take and return it."""
+  """What the step needs of B (fixed during an outer iteration): K = BᵀB (k × k), the
+  group sums Σ (G × k), the group rows and counts c (G,), B_Ω = B[Ω] (|Ω| × k, the
+  quantisation targets of the sampled images, by position) and N (static). A pytree:
+  jitted functions take and return it; nothing in it grows with N."""
 
   gram: jax.Array
   group_sums: jax.Array
   group_rows: jax.Array
   counts: jax.Array
+  omega_codes: jax.Array
   num_database: int = flax.struct.field(pytree_node=False)
 
 
-def summarize(B, groups: LabelGroups) -> DatabaseSummary:
-  """K and Σ of B (N × k); rows of B may be sharded over devices (both are sums over rows)."""
+def summarize(B, groups: LabelGroups, omega, *, num_database: int) -> DatabaseSummary:
+  """K, Σ and B[Ω] of B (N × k, or padded with zero rows past N); the rows of B and of
+  groups.group_of may be split over devices (K and Σ are sums over rows)."""
   dtype = accumulation_dtype(B.dtype)
   B = B.astype(dtype)
   sums = jax.ops.segment_sum(B, groups.group_of, num_segments=groups.counts.shape[0])
   return DatabaseSummary(gram=B.T @ B, group_sums=sums, group_rows=groups.rows,
-                         counts=groups.counts.astype(dtype), num_database=B.shape[0])
+                         counts=groups.counts.astype(dtype), omega_codes=B[omega],
+                         num_database=num_database)
 
 
 @dataclasses.dataclass(frozen=True)
 class BatchSimilarity:
-  """A batch's similarity to the database in the grouped form: h (n, G), r, B's summary."""
+  """A batch's similarity to the database in the grouped form: h (n, G), r, B's summary,
+  and the batch's database codes B[ω] (n × k)."""
 
   h: jax.Array
   r: jax.Array
   summary: DatabaseSummary
+  codes: jax.Array
 
   @classmethod
-  def of(cls, labels, r, summary: DatabaseSummary) -> 'BatchSimilarity':
-    return cls(h=membership(labels, summary.group_rows), r=r, summary=summary)
+  def of(cls, labels, positions, r, summary: DatabaseSummary) -> 'BatchSimilarity':
+    """positions: the batch's rows of U (and of B_Ω)."""
+    return cls(h=membership(labels, summary.group_rows), r=r, summary=summary,
+               codes=summary.omega_codes[positions])
 
 
 def hash_loss(F, h, r, summary: DatabaseSummary, *, code_length: int):
@@ -118,23 +133,28 @@ def hash_loss(F, h, r, summary: DatabaseSummary, *, code_length: int):
   s_b = (1 + r) * (h @ summary.group_sums) - r * jnp.sum(summary.group_sums, axis=0)
   per_item = k * k * s_squared - 2 * k * jnp.sum(F * s_b, axis=1) + jnp.sum(
       (F @ summary.gram) * F, axis=1)
-  return jnp.sum(per_item) * (12.0 / k) / (n * N)
+  return jnp.sum(per_item) * (12.0 / k / (n * N))  # a Python float: n·N may pass 2³¹
 
 
-def dcc_update(B, U, omega, h_omega, r, group_of, gamma):
+def dcc_update(B, U, omega, h_omega, r, group_of, gamma, num_database: Optional[int] = None):
   """``adsh.dcc_update`` with (SᵀU)_j = P_{g(j)}, P = (1 + r)·h_Ωᵀ U − r·Σ_i U_i (G × k):
-  Q = k·P[g] + γ·Ū, then the same bit-by-bit sweep. Rows are independent given U."""
+  Q = k·P[g] + γ·Ū, then the same bit-by-bit sweep. Rows are independent given U, so B,
+  g and Ū may be split over devices by rows; rows from num_database on (padding) stay 0."""
   dtype = accumulation_dtype(U.dtype)
   B, U, h_omega, r = B.astype(dtype), U.astype(dtype), h_omega.astype(dtype), jnp.asarray(r, dtype)
   k = U.shape[1]
   per_group = (1 + r) * (h_omega.T @ U) - r * jnp.sum(U, axis=0)
   u_bar = jnp.zeros_like(B).at[omega].set(U)
-  return adsh.dcc_sweep(B, k * per_group[group_of] + gamma * u_bar, U)
+  B = adsh.dcc_sweep(B, k * per_group[group_of] + gamma * u_bar, U)
+  if num_database is None or num_database == B.shape[0]:
+    return B
+  return jnp.where((jnp.arange(B.shape[0]) < num_database)[:, None], B, 0)
 
 
 def update_database_codes(B, U, omega, omega_labels, groups: LabelGroups, *, gamma: float,
-                          soft: bool):
-  """B ← one DCC sweep (``train.update_database_codes`` in the grouped form)."""
+                          soft: bool, num_database: Optional[int] = None):
+  """B ← one DCC sweep (``train.update_database_codes`` in the grouped form); B and
+  groups.group_of may carry padding rows from num_database on."""
   h_omega = membership(omega_labels, groups.rows)
   r = negative_weight(h_omega, groups.counts, soft)
-  return dcc_update(B, U, omega, h_omega, r, groups.group_of, gamma)
+  return dcc_update(B, U, omega, h_omega, r, groups.group_of, gamma, num_database)

@@ -37,10 +37,13 @@ def hash_loss(F, B, S_batch, *, code_length: int):
   return jnp.sum(jnp.square(residual)) * _scale(code_length, n, num_database)
 
 
-def quantization_loss(F, B, omega, *, gamma: float, code_length: int):
-  """quant = (12/k) · γ · Σ_i ‖F_i − B_ωi‖² / (n·N)."""
-  n, num_database = F.shape[0], B.shape[0]
-  return gamma * jnp.sum(jnp.square(F - B[omega])) * _scale(code_length, n, num_database)
+def quantization_loss(F, B, omega, *, gamma: float, code_length: int,
+                      num_database: Optional[int] = None):
+  """quant = (12/k) · γ · Σ_i ‖F_i − B_ωi‖² / (n·N). omega None: B holds the batch's rows
+  B[ω] only, and num_database gives N (else N is B's rows)."""
+  n, num_database = F.shape[0], num_database or B.shape[0]
+  targets = B if omega is None else B[omega]
+  return gamma * jnp.sum(jnp.square(F - targets)) * _scale(code_length, n, num_database)
 
 
 def decorrelation_loss(F):
@@ -66,7 +69,8 @@ class LossInputs:
 
   Attributes:
     output: the network's ``A2NetOutput`` (u = F, v, v̂, decoded images, attention).
-    B: (N, k) database codes.
+    B: (N, k) database codes in the explicit form; None in the grouped form, where
+      ``grouped.codes`` holds the batch's rows B[ω] (B itself is split over the devices).
     S_batch: (n, N) similarity of the batch to every database item (the explicit form), or
       None where ``grouped`` holds it.
     grouped: the same similarity in the label-grouped form (``grouped.BatchSimilarity``,
@@ -78,7 +82,7 @@ class LossInputs:
   """
 
   output: Any
-  B: jax.Array
+  B: Optional[jax.Array]
   S_batch: Optional[jax.Array]
   omega: jax.Array
   images: jax.Array
@@ -123,9 +127,15 @@ def _hash_term(x: LossInputs):
                                code_length=x.code_length)
 
 
+def _quant_term(x: LossInputs):
+  if x.grouped is None:
+    return quantization_loss(x.output.u, x.B, x.omega, gamma=x.gamma, code_length=x.code_length)
+  return quantization_loss(x.output.u, x.grouped.codes, None, gamma=x.gamma,
+                           code_length=x.code_length, num_database=x.grouped.summary.num_database)
+
+
 register_term('hash', _hash_term, (1.0, 1.0))
-register_term('quant', lambda x: quantization_loss(x.output.u, x.B, x.omega, gamma=x.gamma,
-                                                   code_length=x.code_length), (1.0, 1.0))
+register_term('quant', _quant_term, (1.0, 1.0))
 register_term('dec', lambda x: decorrelation_loss(x.output.u), (1.0, 1.0))
 register_term('rec', lambda x: reconstruction_loss(x.output.v, x.output.v_hat), (0.0, 1.0))
 register_term('img', lambda x: image_loss((x.output.image_from_v, x.output.image_from_v_hat),
@@ -140,10 +150,7 @@ def loss_terms(F, B, S_batch, omega, v, v_hat, *, gamma: float, code_length: int
   Args:
     F: (n, k) network outputs u of the batch.
     B: (N, k) database codes.
-    S_batch: (n, N) similarity of the batch to every database item (the explicit form), or
-      None where ``grouped`` holds it.
-    grouped: the same similarity in the label-grouped form (``grouped.BatchSimilarity``,
-      docs/method.md §8; ``config.train.similarity='grouped'``), or None.
+    S_batch: (n, N) similarity of the batch to every database item.
     omega: (n,) int database indices of the batch images.
     v: (n, D) visual representation; v_hat: (n, D) its reconstruction.
     gamma: quantisation weight γ.

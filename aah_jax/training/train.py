@@ -7,7 +7,7 @@ codes → checks and the initial state. The outer iteration that drives them is
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import flax.struct
 import jax
@@ -28,7 +28,7 @@ LossFn = Callable[[losses.LossInputs, Any, dict], tuple[jax.Array, dict]]
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything the train step reads and writes; replicated over the mesh.
+  """Everything the train step reads and writes.
 
   Attributes:
     step: optimiser steps taken.
@@ -36,8 +36,14 @@ class TrainState:
     B: (N, k) database codes, learned state (real-valued N(0, 1) before the
       first DCC sweep, as in the reference).
     U: (|Ω|, k) latest network output u of every sampled image.
-    db_labels: (N,) or (N, L) labels of the database, for S rows in the step.
+    db_labels: what the step and the DCC sweep read of the database's labels: in the
+      explicit form its labels, (N,) or (N, L); in the label-grouped form
+      (config.train.similarity='grouped') the group id g(j) of each item (N,) int32.
     negative_weight: r, the −r of dissimilar pairs in S for the current Ω.
+
+  Layout (``state_sharding``): replicated over the mesh, except in the grouped form B and
+  db_labels, which are split over 'data' by rows, padded with zero rows to a multiple of
+  the devices (``init_state``'s padded_rows): per device N/devices rows, never N.
   """
 
   step: jax.Array
@@ -48,6 +54,15 @@ class TrainState:
   U: jax.Array
   db_labels: jax.Array
   negative_weight: jax.Array
+
+
+def state_sharding(mesh, grouped_form: bool) -> TrainState:
+  """The state's shardings, a prefix of its tree (for jit and for restoring)."""
+  replicated = mesh_lib.replicated(mesh)
+  rows = mesh_lib.batch_sharded(mesh) if grouped_form else replicated
+  return TrainState(step=replicated, params=replicated, batch_stats=replicated,
+                    opt_state=replicated, B=rows, U=replicated, db_labels=rows,
+                    negative_weight=replicated)
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -148,23 +163,24 @@ def train_step(state: TrainState, batch: dict, summary=None, *, model: A2NetPlus
 
   batch: 'image' (n, S, S, 3) normalised, 'label', 'index' (database index ω),
   'position' (row of U). summary: B's ``grouped.DatabaseSummary`` for the label-grouped
-  hash loss (docs/method.md §8), or None for the explicit one (S_batch from
-  state.db_labels). loss_fn(LossInputs, phase, weights) → (loss, terms) is the objective
-  (default: the registered terms, weighted per phase); metrics holds its terms.
+  hash and quantisation terms (docs/method.md §8; the step then reads neither state.B nor
+  state.db_labels), or None for the explicit ones (S_batch from state.db_labels, B[ω]).
+  loss_fn(LossInputs, phase, weights) → (loss, terms) is the objective (default: the
+  registered terms, weighted per phase); metrics holds its terms.
   """
   phase = schedule.phase(schedule.iteration(state.step))
   if summary is None:
-    similarity = {'S_batch': adsh.similarity_rows(batch['label'], state.db_labels,
-                                                  state.negative_weight)}
+    similarity = {'B': state.B, 'S_batch': adsh.similarity_rows(
+        batch['label'], state.db_labels, state.negative_weight)}
   else:
-    similarity = {'S_batch': None, 'grouped': grouped.BatchSimilarity.of(
-        batch['label'], state.negative_weight, summary)}
+    similarity = {'B': None, 'S_batch': None, 'grouped': grouped.BatchSimilarity.of(
+        batch['label'], batch['position'], state.negative_weight, summary)}
 
   def objective(params):
     output, mutated = model.apply({'params': params, 'batch_stats': state.batch_stats},
                                   batch['image'], train=True, mutable=['batch_stats'])
     inputs = losses.LossInputs(
-        output=output, B=state.B, omega=batch['index'],
+        output=output, omega=batch['index'],
         images=normalization.to_unit_range(batch['image']), gamma=gamma,
         code_length=model.bits, **similarity)
     loss, terms = loss_fn(inputs, phase, weights)
@@ -184,13 +200,14 @@ def train_step(state: TrainState, batch: dict, summary=None, *, model: A2NetPlus
 
 
 def compile_train_step(mesh, grouped_form: bool = False, **step_kwargs):
-  """``train_step`` jitted over a 1-D 'data' mesh: batch sharded, state replicated and
-  donated; with grouped_form, (state, batch, B's summary) → …, the summary replicated."""
-  replicated = mesh_lib.replicated(mesh)
-  in_shardings = (replicated, mesh_lib.batch_sharded(mesh))
+  """``train_step`` jitted over a 1-D 'data' mesh: batch sharded, the state laid out by
+  ``state_sharding`` and donated; with grouped_form, (state, batch, B's summary) → …, the
+  summary replicated."""
+  replicated, state = mesh_lib.replicated(mesh), state_sharding(mesh, grouped_form)
+  in_shardings = (state, mesh_lib.batch_sharded(mesh))
   return jax.jit(functools.partial(train_step, **step_kwargs),
                  in_shardings=in_shardings + ((replicated,) if grouped_form else ()),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+                 out_shardings=(state, replicated), donate_argnums=0)
 
 
 # ----------------------------------------------------------------------------- database codes
@@ -204,20 +221,20 @@ def update_database_codes(B, U, omega, omega_labels, db_labels, *, gamma: float,
 
 def make_database_update(mesh, num_database: int, gamma: float, soft: bool,
                          grouped_form: bool = False):
-  """The jitted DCC update (B, U, Ω, Ω's labels, the database's labels) → B, sharded over
-  database rows when they divide evenly; with grouped_form the database's labels are its
-  ``grouped.LabelGroups``."""
+  """The jitted DCC update (B, U, Ω, Ω's labels, the database's labels) → B. Explicit: B
+  and labels sharded over database rows inside the sweep when they divide evenly, B out
+  replicated. grouped_form: the database's labels are its ``grouped.LabelGroups`` (group
+  ids split by rows like B, padding rows past num_database), B stays split by rows."""
+  if grouped_form:
+    rows = mesh_lib.batch_sharded(mesh)
+    return jax.jit(functools.partial(grouped.update_database_codes, gamma=gamma, soft=soft,
+                                     num_database=num_database), out_shardings=rows)
   rows = mesh_lib.rows_sharded(mesh, num_database)
-  sweep = grouped.update_database_codes if grouped_form else update_database_codes
 
   def update(B, U, omega, omega_labels, db_labels):
     B = jax.lax.with_sharding_constraint(B, rows)
-    if grouped_form:
-      db_labels = db_labels.replace(
-          group_of=jax.lax.with_sharding_constraint(db_labels.group_of, rows))
-    else:
-      db_labels = jax.lax.with_sharding_constraint(db_labels, rows)
-    return sweep(B, U, omega, omega_labels, db_labels, gamma=gamma, soft=soft)
+    db_labels = jax.lax.with_sharding_constraint(db_labels, rows)
+    return update_database_codes(B, U, omega, omega_labels, db_labels, gamma=gamma, soft=soft)
 
   return jax.jit(update, out_shardings=mesh_lib.replicated(mesh))
 
@@ -249,18 +266,27 @@ def validate_num_samples(config, num_database: int):
                      f'(the database size of {config.dataset!r})')
 
 
-def init_state(rng, model: A2NetPlusPlus, tx, *, image_size: int, db_labels, num_samples: int):
+def init_state(rng, model: A2NetPlusPlus, tx, *, image_size: int, db_labels, num_samples: int,
+               padded_rows: Optional[int] = None):
   """Fresh network, optimiser, B ~ N(0, 1) real-valued, U = 0 (float32; float64 under the
-  float64 reference mode)."""
+  float64 reference mode). db_labels: what the state keeps of the labels (``TrainState``);
+  padded_rows: B and db_labels with zero rows appended up to that many (the grouped form's
+  layout), B's first N rows the same as without."""
   params_rng, codes_rng = jax.random.split(rng)
   variables = init_variables(model, params_rng, image_size)
   dtype = accumulation_dtype(model.dtype)
+  num_database = db_labels.shape[0]
+  B = jax.random.normal(codes_rng, (num_database, model.bits), jnp.float32).astype(dtype)
+  db_labels = jnp.asarray(db_labels)
+  if padded_rows is not None:
+    pad = lambda x: jnp.pad(x, [(0, padded_rows - num_database)] + [(0, 0)] * (x.ndim - 1))
+    B, db_labels = pad(B), pad(db_labels)
   return TrainState(
       step=jnp.int32(0),
       params=variables['params'],
       batch_stats=variables['batch_stats'],
       opt_state=tx.init(variables['params']),
-      B=jax.random.normal(codes_rng, (db_labels.shape[0], model.bits), jnp.float32).astype(dtype),
+      B=B,
       U=jnp.zeros((num_samples, model.bits), dtype),
-      db_labels=jnp.asarray(db_labels),
+      db_labels=db_labels,
       negative_weight=jnp.float32(1.0))

@@ -16,6 +16,7 @@ from aah_jax.data.datasets.fine_grained import (AahAircraft, AahCub200, AahFood1
                                            AahStanfordDogs, AahVegfru)
 from aah_jax.data.datasets.generic import AahCifar10, AahImageFolder, AahNuswide
 from aah_jax.data.datasets.generic import image_folder_config
+from aah_jax.data.datasets.inaturalist import AahInat2021
 from aah_jax.data.datasets.synthetic_birds import AahSyntheticBirds
 
 
@@ -39,6 +40,7 @@ DATASETS = {
     'stanford_dogs': DatasetEntry(AahStanfordDogs),
     'cifar10': DatasetEntry(AahCifar10, database_split='database', query_split='query'),
     'nuswide': DatasetEntry(AahNuswide, database_split='database', query_split='test'),
+    'inat2021': DatasetEntry(AahInat2021, query_split='val'),
     'image_folder': DatasetEntry(AahImageFolder),
 }
 

@@ -122,6 +122,10 @@ class ArchiveBuilder(tfds.core.GeneratorBasedBuilder):
   def _list_split(self, root: str, split: str) -> list[Item]:
     raise NotImplementedError
 
+  def official_counts(self) -> dict:
+    """split → its official number of examples (None: not fixed), for this builder config."""
+    return self.SPLITS
+
   def _metadata(self, root: str) -> dict:
     """Extra metadata (class names, attribute names, …) read from the root folder."""
     del root
@@ -159,7 +163,7 @@ class ArchiveBuilder(tfds.core.GeneratorBasedBuilder):
       raise DatasetFilesError(
           f'{len(missing)} image file(s) named by the lists in {root} are missing, e.g. '
           + ', '.join(missing[:5]))
-    for split, official in self.SPLITS.items():
+    for split, official in self.official_counts().items():
       found = len(listings[split])
       if official is not None and found != official:
         logging.warning('%s %s: %d examples listed, the official split has %d (a partial '
