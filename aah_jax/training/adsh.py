@@ -81,11 +81,13 @@ def dcc_update(B, U, omega, S, gamma):
 
 def dcc_sweep(B, Q, U):
   """For each bit j in order: B[:, j] = sign(Q[:, j] − B[:, ≠j] (U[:, ≠j]ᵀ U[:, j])), with
-  the bits already updated in this sweep; B, Q and U in one dtype."""
+  the bits already updated in this sweep; B, Q and U in one dtype. Q: the (N, k) matrix, or
+  a function j → Q[:, j] (N,) that builds one column at a time (no N × k Q held)."""
   gram = U.T @ U  # G[l, j] = U[:, l]ᵀ U[:, j]
+  column = Q if callable(Q) else (lambda j: Q[:, j])
 
   def sweep_bit(j, B):
     coupling = gram[:, j].at[j].set(0.0)  # leaves bit j out of B[:, ≠j] G[≠j, j]
-    return B.at[:, j].set(hash_codes(Q[:, j] - B @ coupling).astype(B.dtype))
+    return B.at[:, j].set(hash_codes(column(j) - B @ coupling).astype(B.dtype))
 
   return jax.lax.fori_loop(0, U.shape[1], sweep_bit, B)

@@ -138,14 +138,19 @@ def hash_loss(F, h, r, summary: DatabaseSummary, *, code_length: int):
 
 def dcc_update(B, U, omega, h_omega, r, group_of, gamma, num_database: Optional[int] = None):
   """``adsh.dcc_update`` with (SᵀU)_j = P_{g(j)}, P = (1 + r)·h_Ωᵀ U − r·Σ_i U_i (G × k):
-  Q = k·P[g] + γ·Ū, then the same bit-by-bit sweep. Rows are independent given U, so B,
-  g and Ū may be split over devices by rows; rows from num_database on (padding) stay 0."""
+  Q = k·P[g] + γ·Ū, then the same bit-by-bit sweep, each column of Q built when its bit is
+  swept. Rows are independent given U, so B and g may be split over devices by rows; rows
+  from num_database on (padding) stay 0."""
   dtype = accumulation_dtype(U.dtype)
   B, U, h_omega, r = B.astype(dtype), U.astype(dtype), h_omega.astype(dtype), jnp.asarray(r, dtype)
   k = U.shape[1]
   per_group = (1 + r) * (h_omega.T @ U) - r * jnp.sum(U, axis=0)
-  u_bar = jnp.zeros_like(B).at[omega].set(U)
-  B = adsh.dcc_sweep(B, k * per_group[group_of] + gamma * u_bar, U)
+
+  def target(j):  # Q[:, j] = k·P[g, j] + γ·Ū[:, j], built per bit: no N × k Q or Ū
+    u_bar = jnp.zeros(B.shape[0], dtype).at[omega].set(U[:, j])
+    return k * per_group[group_of, j] + gamma * u_bar
+
+  B = adsh.dcc_sweep(B, target, U)
   if num_database is None or num_database == B.shape[0]:
     return B
   return jnp.where((jnp.arange(B.shape[0]) < num_database)[:, None], B, 0)
