@@ -202,3 +202,15 @@ def test_the_tpu_plan_of_an_efficientnet_uses_grouped_convolutions():
 
   assert grouped.search(lowered_encoder(plan.topology_devices(TOPOLOGY)[0]))
   assert not grouped.search(lowered_encoder(jax.devices()[:1]))
+
+
+def test_label_groups_of_the_paper_datasets_without_building_them():
+  """The grouped form's G for aah-plan: each single-label dataset's class count; where the
+  dataset does not fix it (multi-label NUS-WIDE), the error says to pass --num_groups."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  want = {'cub200': 200, 'aircraft': 100, 'food101': 101, 'nabirds': 555, 'vegfru': 292,
+          'stanford_dogs': 120, 'cifar10': 10, 'inat2021': 10_000, 'tiny': 48}
+  for name, groups in want.items():
+    assert plan.database_groups(importlib.import_module(f'configs.{name}').get_config()) == groups
+  with pytest.raises(plan.PlanError, match='--num_groups'):
+    plan.database_groups(importlib.import_module('configs.nuswide').get_config())

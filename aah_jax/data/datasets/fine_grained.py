@@ -23,10 +23,11 @@ class AahCub200(ArchiveBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = 'Place CUB_200_2011.tgz (or its extracted folder) in manual_dir.'
   FOLDER, ARCHIVES, MARKER = 'CUB_200_2011', ('CUB_200_2011.tgz',), 'images.txt'
   SPLITS = {'train': 5994, 'test': 5794}
+  NUM_CLASSES = 200
   NUM_ATTRIBUTES = 312
 
   def _features(self):
-    return {'label': tfds.features.ClassLabel(num_classes=200),
+    return {'label': tfds.features.ClassLabel(num_classes=self.NUM_CLASSES),
             'attributes': tfds.features.Tensor(shape=(self.NUM_ATTRIBUTES,), dtype=np.int32),
             'bbox': tfds.features.Tensor(shape=(4,), dtype=np.float32)}
 
@@ -67,6 +68,7 @@ class AahAircraft(ArchiveBuilder):
   FOLDER, ARCHIVES = 'fgvc-aircraft-2013b', ('fgvc-aircraft-2013b.tar.gz',)
   MARKER = os.path.join('data', 'variants.txt')
   SPLITS = {'train': 6667, 'test': 3333}
+  NUM_CLASSES = 100
   BUILDER_CONFIGS = [
       tfds.core.BuilderConfig(name='default', description='Images as distributed.'),
       tfds.core.BuilderConfig(name='crop_banner', description='The bottom 20 pixels removed.'),
@@ -78,7 +80,7 @@ class AahAircraft(ArchiveBuilder):
       return [line.strip() for line in f if line.strip()]
 
   def _features(self):
-    return {'label': tfds.features.ClassLabel(num_classes=100)}
+    return {'label': tfds.features.ClassLabel(num_classes=self.NUM_CLASSES)}
 
   def _list_split(self, root, split):
     index = {name: i for i, name in enumerate(self._variants(root))}
@@ -109,9 +111,10 @@ class AahFood101(ArchiveBuilder):
   FOLDER, ARCHIVES = 'food-101', ('food-101.tar.gz',)
   MARKER = os.path.join('meta', 'classes.txt')
   SPLITS = {'train': 75750, 'test': 25250}
+  NUM_CLASSES = 101
 
   def _features(self):
-    return {'label': tfds.features.ClassLabel(num_classes=101)}
+    return {'label': tfds.features.ClassLabel(num_classes=self.NUM_CLASSES)}
 
   def _classes(self, root):
     return [row[0] for row in read_lines(os.path.join(root, 'meta', 'classes.txt'))]
@@ -136,9 +139,10 @@ class AahNabirds(ArchiveBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = 'Place nabirds.tar.gz (or its extracted folder) in manual_dir.'
   FOLDER, ARCHIVES, MARKER = 'nabirds', ('nabirds.tar.gz',), 'images.txt'
   SPLITS = {'train': 23929, 'test': 24633}
+  NUM_CLASSES = 555
 
   def _features(self):
-    return {'label': tfds.features.ClassLabel(num_classes=555)}
+    return {'label': tfds.features.ClassLabel(num_classes=self.NUM_CLASSES)}
 
   def _leaf_ids(self, root):
     raw = {i: int(c) for i, c in read_lines(os.path.join(root, 'image_class_labels.txt'))}
@@ -178,9 +182,10 @@ class AahVegfru(ArchiveBuilder):
   FOLDER, ARCHIVES = 'vegfru', ('vegfru.tar.gz',)
   MARKER = os.path.join('vegfru_list', 'vegfru_train.txt')
   SPLITS = {'train': 29200, 'test': 116931}
+  NUM_CLASSES = 292
 
   def _features(self):
-    return {'label': tfds.features.ClassLabel(num_classes=292)}
+    return {'label': tfds.features.ClassLabel(num_classes=self.NUM_CLASSES)}
 
   def _list_split(self, root, split):
     return [Item(path, os.path.join(root, path), int(label))
@@ -195,9 +200,10 @@ class AahStanfordDogs(ArchiveBuilder):
                                   'train_list.mat, test_list.mat), in manual_dir.')
   FOLDER, ARCHIVES, MARKER = 'stanford_dogs', (), 'train_list.mat'
   SPLITS = {'train': 12000, 'test': 8580}
+  NUM_CLASSES = 120
 
   def _features(self):
-    return {'label': tfds.features.ClassLabel(num_classes=120)}
+    return {'label': tfds.features.ClassLabel(num_classes=self.NUM_CLASSES)}
 
   def _list_split(self, root, split):
     import scipy.io  # pylint: disable=g-import-not-at-top

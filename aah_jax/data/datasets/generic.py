@@ -38,6 +38,7 @@ class AahCifar10(tfds.core.GeneratorBasedBuilder):
   SEED = 0
   CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
              'truck')
+  NUM_CLASSES = len(CLASSES)
 
   def _info(self):
     return tfds.core.DatasetInfo(
