@@ -94,8 +94,8 @@ class Run:
     the trunk and both last-stage copies start from that converted file (aah-convert) or
     named weights (aah_jax.models.pretrained)."""
     replicated = mesh_lib.replicated(self.mesh)
-    state = jax.jit(self._init, out_shardings=self._state_sharding)(
-        jax.random.key(self.config.seed))
+    layout = train.state_sharding(self.mesh, self.grouped_form)
+    state = jax.jit(self._init, out_shardings=layout)(jax.random.key(self.config.seed))
     if not self.config.model.get('pretrained'):
       return state
     path = pretrained.resolve(self.config.model.pretrained)
@@ -109,23 +109,17 @@ class Run:
   def abstract_state(self) -> train.TrainState:
     """Shapes, dtypes and shardings of the state, for restoring into."""
     shapes = jax.eval_shape(self._init, jax.random.key(self.config.seed))
-    return jax.tree.map(
-        lambda sharding, tree: jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree),
-        self._state_sharding, shapes)
-
-  @property
-  def _state_sharding(self) -> train.TrainState:
-    return train.state_sharding(self.mesh, self.grouped_form)
+    return train.abstract_state(shapes, self.mesh, self.grouped_form)
 
   def _init(self, rng):
-    tc = self.config.train
-    if not self.grouped_form:
-      return train.init_state(rng, self.model, self.tx, image_size=self.config.image_size,
-                              db_labels=self.db_labels, num_samples=tc.num_samples)
+    if self.grouped_form:  # the group ids, padded to split evenly over the devices
+      labels = self.label_groups.group_of
+      padded = mesh_lib.padded_rows(self.num_database, self.mesh.size)
+    else:
+      labels, padded = self.db_labels, None
     return train.init_state(rng, self.model, self.tx, image_size=self.config.image_size,
-                            db_labels=self.label_groups.group_of, num_samples=tc.num_samples,
-                            padded_rows=mesh_lib.padded_rows(self.num_database, self.mesh.size))
+                            db_labels=labels, num_samples=self.config.train.num_samples,
+                            padded_rows=padded)
 
   def database_codes(self, state: train.TrainState) -> np.ndarray:
     """B (N, k) of state on the host, without its padding rows."""

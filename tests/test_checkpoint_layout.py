@@ -32,10 +32,7 @@ def _placed(state, devices):
 
 
 def _abstract(state, mesh):
-  return jax.tree.map(
-      lambda sharding, tree: jax.tree.map(
-          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree),
-      train.state_sharding(mesh, True), state)
+  return train.abstract_state(state, mesh, grouped_form=True)
 
 
 @pytest.mark.parametrize('num_devices', [3, 1, 8])

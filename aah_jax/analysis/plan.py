@@ -176,10 +176,6 @@ def database_groups(config) -> int:
 # ----------------------------------------------------------------------------- programs
 
 
-def _abstract(sharding, tree):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
-
-
 def _programs(config, mesh, per_device_batch: int, per_device_eval_batch: int,
               num_database: int, label_shape: tuple[int, ...],
               num_groups: Optional[int] = None) -> dict:
@@ -200,7 +196,7 @@ def _programs(config, mesh, per_device_batch: int, per_device_eval_batch: int,
   shapes = jax.eval_shape(functools.partial(init, model=model, tx=tx,
                                             image_size=config.image_size,
                                             num_samples=tc.num_samples), jax.random.key(0))
-  state = jax.tree.map(_abstract, train.state_sharding(mesh, grouped_form), shapes)
+  state = train.abstract_state(shapes, mesh, grouped_form)
 
   def batch_of(n):
     return jax.ShapeDtypeStruct((n, config.image_size, config.image_size, 3),

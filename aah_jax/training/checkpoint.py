@@ -106,10 +106,9 @@ def _shapes_by_name(tree) -> dict:
   return {name(path): tuple(leaf.shape) for path, leaf in leaves}
 
 
-def _shape_differences(saved: dict, abstract_state) -> dict:
+def _shape_differences(saved: dict, target: dict) -> dict:
   """{name: True if more than the rows differ (or the field is missing)} of the fields whose
-  saved shape is not the target's."""
-  target = _shapes_by_name(abstract_state)
+  saved shape is not the target's (both as _shapes_by_name gives them)."""
   out = {}
   for name in sorted(set(saved) | set(target)):
     a, b = saved.get(name), target.get(name)
@@ -158,9 +157,9 @@ class RunCheckpoints:
     past the target's are dropped; any other difference is an error naming the field."""
     step = self._step(step)
     saved = self._read(step, 'state', lambda: _shapes_by_name(self._saved_metadata(step)))
-    differing = _shape_differences(saved, abstract_state)
+    target = _shapes_by_name(abstract_state)
+    differing = _shape_differences(saved, target)
     if any(name.split('.')[0] not in PADDED_FIELDS or more for name, more in differing.items()):
-      target = _shapes_by_name(abstract_state)
       shown = '; '.join(f'{name}: saved {saved.get(name)}, expected {target.get(name)}'
                         for name in differing)
       raise ValueError(f'checkpoint step {step} in {self._manager.directory} does not hold '

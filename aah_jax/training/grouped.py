@@ -11,8 +11,8 @@ per group.
 
 ``config.train.similarity='grouped'`` trains with these: the step gets B's summary (and B_Ω
 for the quantisation term), never B; B and the group ids live split over the devices by
-rows (``TrainState``), and the DCC sweep runs on each device's rows. 'explicit' (the
-default) builds S against a replicated B. tests/test_grouped.py checks the two against
+rows (``TrainState``), and the DCC sweep runs on each device's rows. This is the default;
+'explicit' builds S against a replicated B. tests/test_grouped.py checks the two against
 each other.
 """
 

@@ -65,6 +65,15 @@ def state_sharding(mesh, grouped_form: bool) -> TrainState:
                     negative_weight=replicated)
 
 
+def abstract_state(shapes: TrainState, mesh, grouped_form: bool) -> TrainState:
+  """The state's shapes (``jax.eval_shape`` of ``init_state``) with the shardings of
+  ``state_sharding``: what a restore or a compile-only plan takes."""
+  return jax.tree.map(
+      lambda sharding, tree: jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree),
+      state_sharding(mesh, grouped_form), shapes)
+
+
 # ----------------------------------------------------------------------------- schedule
 
 

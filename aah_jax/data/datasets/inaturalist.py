@@ -84,10 +84,13 @@ class AahInat2021(ArchiveBuilder):
 
   def _species(self, root):
     """(species id → taxonomy value indices, the value names of each level, the categories),
-    from val.json: the same for both splits."""
-    path = self._annotation_file(root, 'val')
-    categories = sorted(self._read(path)['categories'], key=lambda c: c['id'])
-    return (*self._taxonomy(categories, path), categories)
+    from val.json: the same for both splits; read once per root (both splits and the
+    metadata ask)."""
+    if getattr(self, '_species_of', (None,))[0] != root:
+      path = self._annotation_file(root, 'val')
+      categories = sorted(self._read(path)['categories'], key=lambda c: c['id'])
+      self._species_of = (root, (*self._taxonomy(categories, path), categories))
+    return self._species_of[1]
 
   def _list_split(self, root, split):
     path = self._annotation_file(root, split)
