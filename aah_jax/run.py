@@ -28,6 +28,7 @@ from aah_jax.common import files, mesh as mesh_lib, preemption, workdir_lock
 from aah_jax.common.mesh import to_host
 from aah_jax.data import datasets, input_pipeline
 from aah_jax.models import A2NetPlusPlus, convert, precision, pretrained
+from aah_jax.retrieval import ranking
 from aah_jax.training import algorithm, checkpoint, evaluation, grouped, losses, run_log, train
 
 RESULTS_FILE = 'results.json'
@@ -80,9 +81,21 @@ class Run:
   def num_database(self) -> int:
     return len(self.db_source)
 
+  @functools.cached_property
+  def similarity_form(self) -> str:
+    """'explicit', 'grouped' or 'chunked' (docs/method.md §8): config.train.similarity,
+    where 'grouped' runs 'chunked' if the database has more label groups than
+    config.train.max_group_fraction of its items."""
+    tc = self.config.train
+    if (tc.similarity == 'grouped'
+        and self.label_groups.num_groups > tc.max_group_fraction * self.num_database):
+      return 'chunked'
+    return tc.similarity
+
   @property
-  def grouped_form(self) -> bool:
-    return self.config.train.similarity == 'grouped'
+  def rows_split(self) -> bool:
+    """Whether B and the database's labels (or group ids) are split over the devices by rows."""
+    return self.similarity_form != 'explicit'
 
   @functools.cached_property
   def label_groups(self) -> grouped.LabelGroups:
@@ -94,7 +107,7 @@ class Run:
     the trunk and both last-stage copies start from that converted file (aah-convert) or
     named weights (aah_jax.models.pretrained)."""
     replicated = mesh_lib.replicated(self.mesh)
-    layout = train.state_sharding(self.mesh, self.grouped_form)
+    layout = train.state_sharding(self.mesh, self.rows_split)
     state = jax.jit(self._init, out_shardings=layout)(jax.random.key(self.config.seed))
     if not self.config.model.get('pretrained'):
       return state
@@ -109,42 +122,54 @@ class Run:
   def abstract_state(self) -> train.TrainState:
     """Shapes, dtypes and shardings of the state, for restoring into."""
     shapes = jax.eval_shape(self._init, jax.random.key(self.config.seed))
-    return train.abstract_state(shapes, self.mesh, self.grouped_form)
+    return train.abstract_state(shapes, self.mesh, self.rows_split)
 
   def _init(self, rng):
-    if self.grouped_form:  # the group ids, padded to split evenly over the devices
-      labels = self.label_groups.group_of
-      padded = mesh_lib.padded_rows(self.num_database, self.mesh.size)
-    else:
-      labels, padded = self.db_labels, None
+    labels = self.label_groups.group_of if self.similarity_form == 'grouped' else self.db_labels
+    padded = mesh_lib.padded_rows(self.num_database, self.mesh.size) if self.rows_split else None
     return train.init_state(rng, self.model, self.tx, image_size=self.config.image_size,
                             db_labels=labels, num_samples=self.config.train.num_samples,
                             padded_rows=padded)
 
-  def database_codes(self, state: train.TrainState) -> np.ndarray:
-    """B (N, k) of state on the host, without its padding rows."""
-    return mesh_lib.rows_to_host(state.B, self.num_database)
+  def database_codes(self, state: train.TrainState) -> ranking.PackedCodes:
+    """B's N real rows on the host, packed: each device packs its rows of B (k/8 bytes a
+    row), and only those bytes are gathered, never B's floats."""
+    return evaluation.packed_rows_to_host(state.B, self.num_database)
 
   @functools.cached_property
   def _encoder(self):
     return evaluation.make_encoder(self.model, self.mesh)
 
+  @functools.cached_property
+  def _packing_encoder(self):
+    return evaluation.make_encoder(self.model, self.mesh, packed=True)
+
   def encode(self, variables: dict, source) -> np.ndarray:
     """u (len(source), k) of every item of source with the network's variables."""
+    return self._encode_with(self._encoder, variables, source)
+
+  def encode_packed(self, variables: dict, source) -> ranking.PackedCodes:
+    """The codes sign(u) of every item of source, packed on the devices (k/8 bytes a row
+    reach the host)."""
+    return ranking.PackedCodes(self._encode_with(self._packing_encoder, variables, source),
+                               int(self.config.bits))
+
+  def _encode_with(self, encoder, variables: dict, source) -> np.ndarray:
     data = self.config.data
     return evaluation.encode_split(
-        self._encoder, variables, source, global_batch=self.config.eval.batch_size,
+        encoder, variables, source, global_batch=self.config.eval.batch_size,
         image_size=self.config.image_size, num_threads=data.num_threads,
         num_workers=data.num_workers, dtype=input_pipeline.IMAGE_DTYPES[data.image_dtype],
         sharding=mesh_lib.batch_sharded(self.mesh))
 
-  def evaluate(self, state: train.TrainState) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
-    """(the mAPs of evaluation.evaluate, (query u, database u))."""
+  def evaluate(self, state: train.TrainState) -> tuple[dict, tuple]:
+    """(the mAPs of evaluation.evaluate, (query u, packed database codes)). The database's
+    codes, learned and encoded, reach the host packed."""
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
     query_u = self.encode(variables, self.query_source)
-    db_u = self.encode(variables, self.db_source)
-    return evaluation.evaluate(query_u, db_u, self.database_codes(state), self.query_labels,
-                               self.db_labels, self.config.seed), (query_u, db_u)
+    db_codes = self.encode_packed(variables, self.db_source)
+    return evaluation.evaluate(query_u, db_codes, self.database_codes(state), self.query_labels,
+                               self.db_labels, self.config.seed), (query_u, db_codes)
 
 
 def prepare(config: ml_collections.ConfigDict) -> Run:
@@ -280,7 +305,7 @@ def _train(run: Run, workdir: str, start_time: float):
   start_step = int(to_host(state.step))
   programs = algorithm.Programs.compile(
       config, run.mesh, run.model, run.tx, run.schedule, run.db_labels,
-      run.label_groups if run.grouped_form else None)
+      run.label_groups if run.similarity_form == 'grouped' else None, form=run.similarity_form)
   log = run_log.RunLog(workdir, enabled=jax.process_index() == 0, start_step=start_step,
                        total_steps=tc.num_iterations * spi,
                        print_every_steps=config.log.every_steps,
@@ -290,7 +315,7 @@ def _train(run: Run, workdir: str, start_time: float):
                  config.dataset, run.num_database, len(run.query_source), jax.device_count(),
                  tc.num_iterations, spi)
     _log_similarity_form(run)
-  final_u = (None, None)
+  final_codes = (None, None)
   try:
     with preemption.StopSignal() as stop:
       session = _Session(config, ckpts, log, stop, progress, start_step // spi, start_time)
@@ -301,7 +326,7 @@ def _train(run: Run, workdir: str, start_time: float):
                                                   session.progress['step_metrics'])
         every = config.eval.every_iterations
         if iteration + 1 == tc.num_iterations or (every and (iteration + 1) % every == 0):
-          maps, final_u = run.evaluate(state)
+          maps, final_codes = run.evaluate(state)
           record.update(maps)
         record['seconds'] = time.time() - iteration_start
         session.end_iteration((iteration + 1) * spi, state, record)
@@ -309,30 +334,35 @@ def _train(run: Run, workdir: str, start_time: float):
     ckpts.wait()
     ckpts.close()
     log.close()
-  return state, dict(session.progress, wall_time_seconds=session.wall_time()), final_u
+  return state, dict(session.progress, wall_time_seconds=session.wall_time()), final_codes
 
 
 def _log_similarity_form(run: Run):
   """Says which form of S the run trains with, and what it keeps per device."""
-  N, devices = run.num_database, run.mesh.size
-  if not run.grouped_form:
+  N, devices, tc = run.num_database, run.mesh.size, run.config.train
+  if run.similarity_form == 'explicit':
     logging.info('similarity: explicit (S_batch n × N in the step, S |Ω| × N in the DCC sweep; '
                  'B (N × k) replicated on each of %d devices)', devices)
     return
-  G = run.label_groups.num_groups
-  logging.info('similarity: label-grouped, G=%d distinct label rows for N=%d (docs/method.md '
-               '§8); B and the group ids split over %d devices, %d rows each',
-               G, N, devices, mesh_lib.padded_rows(N, devices) // devices)
-  if G > N // 2:
-    logging.warning('G=%d label groups for N=%d items: the grouped step costs O(n·G) and keeps '
-                    'Σ (G × k) on every device, as much as the explicit form', G, N)
+  rows = mesh_lib.padded_rows(N, devices) // devices
+  if run.similarity_form == 'grouped':
+    logging.info('similarity: label-grouped, G=%d distinct label rows for N=%d (docs/method.md '
+                 '§8); B and the group ids split over %d devices, %d rows each',
+                 run.label_groups.num_groups, N, devices, rows)
+    return
+  why = ('config.train.similarity=chunked' if tc.similarity == 'chunked' else
+         f'G={run.label_groups.num_groups} label groups for N={N}, more than '
+         f'config.train.max_group_fraction={tc.max_group_fraction} of N')
+  logging.info('similarity: explicit, chunked over each device\'s rows (%s; docs/method.md '
+               '§8.1); B and the labels split over %d devices, %d rows each, %d rows a chunk',
+               why, devices, rows, min(tc.chunk_rows, rows))
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start_time = time.time()
   run = prepare(config)
   config = run.config  # dtypes decided
-  state, progress, final_u = _train(run, workdir, start_time)
+  state, progress, final_codes = _train(run, workdir, start_time)
   history = progress['history']
   final = history[-1]
   results = {
@@ -356,20 +386,22 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     os.makedirs(workdir, exist_ok=True)
     files.write_json(os.path.join(workdir, RESULTS_FILE), results)
   if config.log.report:
-    _write_report(run, state, final_u, workdir)
+    _write_report(run, state, final_codes, workdir)
   return results
 
 
-def _write_report(run: Run, state: train.TrainState, final_u: tuple, workdir: str):
-  """WORKDIR/report/ of the final state (the last evaluation's u, or encoded again where a
-  finished run was rerun)."""
+def _write_report(run: Run, state: train.TrainState, final_codes: tuple, workdir: str):
+  """WORKDIR/report/ of the final state (the last evaluation's query u and packed database
+  codes, or encoded again where a finished run was rerun)."""
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  query_u, db_u = final_u
+  query_u, db_codes = final_codes
   if query_u is None:
-    query_u, db_u = run.encode(variables, run.query_source), run.encode(variables, run.db_source)
+    query_u = run.encode(variables, run.query_source)
+    db_codes = run.encode_packed(variables, run.db_source)
   config = run.config
-  data = report.collect(run.splits, run.model, variables, query_u, db_u, run.database_codes(state),
-                        workdir, seed=config.seed, image_size=config.image_size,
+  data = report.collect(run.splits, run.model, variables, query_u, db_codes,
+                        run.database_codes(state), workdir, seed=config.seed,
+                        image_size=config.image_size,
                         title=f'{config.dataset}, {config.bits} bits: training run '
                               f'{os.path.abspath(workdir)}')
   if jax.process_index() == 0:

@@ -11,7 +11,7 @@ import pytest
 from aah_jax.data import input_pipeline
 from aah_jax.data.datasets import bird_renderer
 from aah_jax.models import create_model, init_variables, precision
-from aah_jax.training import adsh, grouped, losses, train
+from aah_jax.training import adsh, chunked, grouped, losses, train
 from configs import tiny
 from tolerances import EPS32
 
@@ -106,10 +106,12 @@ def test_train_step_on_1_and_8_devices_agree(bn_groups):
 
 
 @pytest.mark.equivalence
-def test_the_grouped_step_on_8_devices_equals_the_explicit_step_on_1():
-  # docs/method.md §8: the same hash loss summed per label group, quant from B_Ω; B is fixed
-  # within an iteration, so one summary serves both steps. In the grouped layout the state
-  # holds the group ids, and B and they are split over the 8 devices by rows (20 each).
+@pytest.mark.parametrize('form', ['grouped', 'chunked'])
+def test_the_grouped_step_on_8_devices_equals_the_explicit_step_on_1(form):
+  # docs/method.md §8: the same hash loss summed per label group (or, chunked, over each
+  # device's rows 7 at a time), quant from B_Ω; B is fixed within an iteration, so one
+  # summary serves both steps. In the grouped layout the state holds the group ids (chunked:
+  # the labels), and B and they are split over the 8 devices by rows (20 each).
   # float64: within FLOAT64_RTOL (see above).
   with jax.enable_x64(True):
     state, batches, kwargs = _setup(1, dtype='float64')
@@ -118,10 +120,16 @@ def test_the_grouped_step_on_8_devices_equals_the_explicit_step_on_1():
     omega = np.zeros(2 * BATCH, np.int32)  # Ω by position: the database index of each U row
     for batch in batches:
       omega[batch['position']] = batch['index']
-    summary = grouped.summarize(jnp.asarray(state.B), groups, omega, num_database=NUM_DB)
     explicit, metrics_explicit = _run_steps(jax.devices()[:1], state, batches, kwargs)
-    by_group, metrics_grouped = _run_steps(
-        jax.devices(), state.replace(db_labels=groups.group_of), batches, kwargs, summary)
+    if form == 'grouped':
+      summary = grouped.summarize(jnp.asarray(state.B), groups, omega, num_database=NUM_DB)
+      state = state.replace(db_labels=groups.group_of)
+    else:
+      summary = chunked.summarize(jnp.asarray(state.B), None, omega, num_database=NUM_DB)
+      kwargs['row_sums'] = functools.partial(
+          chunked.row_sums, mesh=Mesh(np.array(jax.devices()), ('data',)),
+          num_database=NUM_DB, chunk_rows=7)
+    by_group, metrics_grouped = _run_steps(jax.devices(), state, batches, kwargs, summary)
   _assert_trees_close(metrics_explicit, metrics_grouped, FLOAT64_RTOL)
   _assert_trees_close((explicit.batch_stats, explicit.U), (by_group.batch_stats, by_group.U),
                       FLOAT64_RTOL)
@@ -154,9 +162,10 @@ def test_sharded_dcc_update_equals_the_unsharded_sweep():
   with jax.enable_x64(True):
     mesh = Mesh(np.array(jax.devices()), ('data',))
     update = train.make_database_update(mesh, N, 200.0, True)
-    got = update(B, U, omega, labels[omega], labels)
+    B_in = jax.device_put(B, NamedSharding(mesh, P()))  # the state's layout: replicated
+    got = update(B_in, U, omega, labels[omega], labels)
     want = adsh.dcc_update(B, U, omega, adsh.similarity(labels[omega], labels), 200.0)
-  assert got.dtype == np.float64
+  assert got.dtype == np.float64 and B_in.is_deleted()  # B donated
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
@@ -174,9 +183,11 @@ def test_sharded_grouped_dcc_update_gives_the_explicit_bits():
     rows = NamedSharding(mesh, P('data'))
     pad = lambda x: jax.device_put(np.pad(x, [(0, 5)] + [(0, 0)] * (x.ndim - 1)), rows)
     update = train.make_database_update(mesh, N, 200.0, True, grouped_form=True)
-    got = update(pad(B), U, omega, labels[omega], groups.replace(group_of=pad(groups.group_of)))
+    B_in = pad(B)
+    got = update(B_in, U, omega, labels[omega], groups.replace(group_of=pad(groups.group_of)))
     want = adsh.dcc_update(B, U, omega, adsh.similarity(labels[omega], labels), 200.0)
   assert got.sharding.is_equivalent_to(rows, 2)  # B stays split by rows
+  assert B_in.is_deleted()  # donated: the new B took its memory
   np.testing.assert_array_equal(np.asarray(got)[:N], np.asarray(want))
   np.testing.assert_array_equal(np.asarray(got)[N:], 0)  # padding rows stay 0
 

@@ -30,7 +30,7 @@ from aah_jax.common import mesh as mesh_lib
 from aah_jax.data import datasets
 from aah_jax.data.datasets.synthetic_birds import AahSyntheticBirds
 from aah_jax.models import precision
-from aah_jax.training import evaluation, grouped, train
+from aah_jax.training import chunked, evaluation, grouped, train
 
 GiB = 2 ** 30
 
@@ -181,15 +181,18 @@ def _programs(config, mesh, per_device_batch: int, per_device_eval_batch: int,
               num_groups: Optional[int] = None) -> dict:
   """name → (jitted function, abstract arguments, images per call) of what a run compiles.
   In the label-grouped form (config.train.similarity='grouped') the step takes B's
-  summary for num_groups label groups, and B and the group ids are split by rows."""
+  summary for num_groups label groups, and B and the group ids are split by rows; in the
+  chunked form (§8.1) B and the labels are split by rows and the summary has no groups."""
   devices = mesh.size
   model, schedule, tx = train.network_and_optimizer(config, devices)
-  tc, grouped_form = config.train, config.train.similarity == 'grouped'
+  tc, form = config.train, config.train.similarity
+  grouped_form = form != 'explicit'  # B and the labels (or group ids) split by rows
   replicated, rows = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
   if grouped_form:
     init = functools.partial(
-        train.init_state, db_labels=jnp.zeros((num_database,), jnp.int32),
-        padded_rows=mesh_lib.padded_rows(num_database, devices))
+        train.init_state, padded_rows=mesh_lib.padded_rows(num_database, devices),
+        db_labels=jnp.zeros((num_database,) + (() if form == 'grouped' else label_shape),
+                            jnp.int32))
   else:
     init = functools.partial(train.init_state,
                              db_labels=jnp.zeros((num_database,) + label_shape, jnp.int32))
@@ -206,16 +209,25 @@ def _programs(config, mesh, per_device_batch: int, per_device_eval_batch: int,
   ints = lambda shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=rows)
   batch = {'image': batch_of(n), 'label': ints((n,) + label_shape), 'index': ints((n,)),
            'position': ints((n,))}
+  chunk_rows = tc.chunk_rows if form == 'chunked' else None
+  row_sums = (functools.partial(chunked.row_sums, mesh=mesh, num_database=num_database,
+                                chunk_rows=chunk_rows) if chunk_rows else None)
   step = train.compile_train_step(mesh, grouped_form, model=model, tx=tx, schedule=schedule,
-                                  weights=train.loss_weights(config), gamma=config.loss.gamma)
+                                  weights=train.loss_weights(config), gamma=config.loss.gamma,
+                                  row_sums=row_sums)
   update = train.make_database_update(mesh, num_database, config.loss.gamma,
-                                      config.loss.soft_similarity, grouped_form)
+                                      config.loss.soft_similarity, grouped_form, chunk_rows)
   sampled = lambda shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=replicated)
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   step_arguments, db_labels = (state, batch), state.db_labels
-  if grouped_form:
-    G, k, dtype = num_groups, model.bits, state.B.dtype
-    floats = lambda shape: jax.ShapeDtypeStruct(shape, dtype, sharding=replicated)
+  k, dtype = model.bits, state.B.dtype
+  floats = lambda shape: jax.ShapeDtypeStruct(shape, dtype, sharding=replicated)
+  if form == 'chunked':
+    step_arguments += (grouped.DatabaseSummary(
+        gram=floats((k, k)), group_sums=None, group_rows=None, counts=None,
+        omega_codes=floats((tc.num_samples, k)), num_database=num_database),)
+  elif grouped_form:
+    G = num_groups
     summary = grouped.DatabaseSummary(
         gram=floats((k, k)), group_sums=floats((G, k)), group_rows=sampled((G,) + label_shape),
         counts=floats((G,)), omega_codes=floats((tc.num_samples, k)), num_database=num_database)

@@ -43,10 +43,34 @@ class ReportData:
   steps: list  # metrics.jsonl step records
   iterations: list  # per outer iteration records
   curves: dict  # name → detailed_metrics(...) of that database
-  B: np.ndarray
+  bit_mean: np.ndarray  # (k,) mean ±1 code of each bit of B (bit_statistics)
+  bit_correlation: np.ndarray  # (k, k)
   gallery_rows: list  # [(gallery.Tile, [gallery.Tile])]
   attention_images: np.ndarray  # (n, S, S, 3) uint8
   attention: Optional[np.ndarray]  # (n, h, w, M) or None
+
+
+BIT_STATISTICS_ROWS = 1 << 16  # rows unpacked (as float64) at a time
+
+
+def bit_statistics(codes) -> tuple[np.ndarray, np.ndarray]:
+  """(mean of each bit, the k × k correlation of the bits) of ±1 codes in any form, as
+  ``np.corrcoef`` gives it (0 for a constant bit, the identity for one row), summed over
+  ``BIT_STATISTICS_ROWS`` rows at a time: a packed database is never unpacked whole."""
+  packed = ranking.pack_codes(codes)
+  n, k = len(packed), packed.bits
+  total, gram = np.zeros(k), np.zeros((k, k))
+  for start in range(0, n, BIT_STATISTICS_ROWS):
+    rows = ranking.as_pm1(packed[start:start + BIT_STATISTICS_ROWS]).astype(np.float64)
+    total += rows.sum(axis=0)
+    gram += rows.T @ rows
+  mean = total / max(n, 1)
+  if n < 2:
+    return mean, np.eye(k)
+  covariance = gram / n - np.outer(mean, mean)
+  scale = np.sqrt(np.outer(np.diag(covariance), np.diag(covariance)))
+  with np.errstate(divide='ignore', invalid='ignore'):
+    return mean, np.nan_to_num(np.where(scale > 0, covariance / scale, 0.0))
 
 
 def _db_image(source, row: int) -> np.ndarray:
@@ -54,19 +78,20 @@ def _db_image(source, row: int) -> np.ndarray:
 
 
 def collect(splits: evaluation.Splits, model, variables: dict, query_u: np.ndarray,
-            db_u: np.ndarray, B: Optional[np.ndarray], workdir: str, *, seed: int,
+            db_codes, B, workdir: str, *, seed: int,
             image_size: int, title: str, curves: Optional[dict] = None) -> ReportData:
-  """Computes the report's contents (all processes) from the splits' codes u.
+  """Computes the report's contents (all processes) from the query u and the database's
+  codes (u, or codes in any form ``ranking`` takes, such as packed).
 
-  model and variables draw the attention maps; B: the learned database codes, or None where
-  the database is not the one they were learned for (the gallery and bit figures then use
-  the encoded database). curves: ``evaluation.detailed_metrics`` per database name ('learned
+  model and variables draw the attention maps; B: the learned database codes (any form), or
+  None where the database is not the one they were learned for (the gallery and bit figures
+  then use the encoded database). curves: ``evaluation.detailed_metrics`` per database name ('learned
   B', 'encoded database', 'random codes') where the caller has them already; computed
   otherwise (random codes drawn from seed)."""
-  query_codes, db_codes = np.asarray(hash_codes(query_u)), np.asarray(hash_codes(db_u))
+  query_codes, db_codes = np.asarray(hash_codes(query_u)), ranking.pack_codes(db_codes)
   if curves is None:
     random_query, random_db = evaluation.random_codes(seed, len(query_codes),
-                                                      len(db_codes), db_codes.shape[1])
+                                                      len(db_codes), db_codes.bits)
     databases = [('encoded database', query_codes, db_codes),
                  ('random codes', random_query, random_db)]
     if B is not None:
@@ -74,7 +99,8 @@ def collect(splits: evaluation.Splits, model, variables: dict, query_u: np.ndarr
     curves = {name: evaluation.detailed_metrics(q, db, splits.query_labels, splits.db_labels,
                                                 topk=TOPK, ks=PRECISION_KS)
               for name, q, db in databases}
-  B = db_codes if B is None else np.asarray(B)
+  B = db_codes if B is None else ranking.pack_codes(B)
+  bit_mean, bit_correlation = bit_statistics(B)
 
   queries = np.linspace(0, len(query_codes) - 1, GALLERY_QUERIES).astype(int)
   _, neighbours = ranking.search(query_codes[queries], B, GALLERY_K)
@@ -93,7 +119,7 @@ def collect(splits: evaluation.Splits, model, variables: dict, query_u: np.ndarr
       local_variables, input_pipeline.normalize(images))
   return ReportData(title=title, steps=run_log.read_metrics(workdir, 'step'),
                     iterations=run_log.read_metrics(workdir, 'iteration'), curves=curves,
-                    B=np.asarray(B), gallery_rows=rows, attention_images=images,
+                    bit_mean=bit_mean, bit_correlation=bit_correlation, gallery_rows=rows, attention_images=images,
                     attention=None if attention is None else np.asarray(attention))
 
 
@@ -157,12 +183,9 @@ def _curve_figures(data: ReportData, folder: str):
 
 def _bits_figure(data: ReportData, folder: str):
   fig, (left, right) = _subplots(1, 2, figsize=(10, 4))
-  codes = np.where(data.B >= 0, 1.0, -1.0)
-  left.bar(np.arange(codes.shape[1]), codes.mean(axis=0))
+  left.bar(np.arange(len(data.bit_mean)), data.bit_mean)
   left.set(xlabel='bit', ylabel='mean code', ylim=(-1, 1), title='bit balance (0 = balanced)')
-  correlation = (np.nan_to_num(np.corrcoef(codes.T)) if codes.shape[0] > 1
-                 else np.eye(codes.shape[1]))
-  image = right.imshow(correlation, cmap='coolwarm', vmin=-1, vmax=1)
+  image = right.imshow(data.bit_correlation, cmap='coolwarm', vmin=-1, vmax=1)
   right.set(xlabel='bit', ylabel='bit', title='bit correlation')
   fig.colorbar(image, ax=right)
   return _save(fig, folder, 'bits.png')

@@ -33,9 +33,9 @@ flags.register_validator('precision_ks', lambda ks: all(k.isdigit() and int(k) >
 EVAL_FILE = 'eval.json'
 
 
-def evaluate_run(restored: common.RestoredRun, topk: int, ks, query_u, db_u) -> dict:
+def evaluate_run(restored: common.RestoredRun, topk: int, ks, query_u, db_codes) -> dict:
   run = restored.run
-  query_codes, db_codes = np.asarray(hash_codes(query_u)), np.asarray(hash_codes(db_u))
+  query_codes = np.asarray(hash_codes(query_u))
   config = run.config
   random_query, random_db = evaluation.random_codes(config.seed, len(query_codes),
                                                     run.num_database, int(config.bits))
@@ -66,13 +66,13 @@ def _main():
   restored = common.restore_run(FLAGS.workdir, FLAGS.step, common.overrides_from_flags())
   run = restored.run
   query_u = run.encode(restored.variables, run.query_source)
-  db_u = run.encode(restored.variables, run.db_source)
+  db_codes = run.encode_packed(restored.variables, run.db_source)
   numbers = evaluate_run(restored, FLAGS.topk, [int(k) for k in FLAGS.precision_ks], query_u,
-                         db_u)
+                         db_codes)
   curves = {name: numbers[key] for key, name in (('learned_db', 'learned B'),
                                                  ('encoded_db', 'encoded database'),
                                                  ('random', 'random codes')) if key in numbers}
-  data = report.collect(run.splits, run.model, restored.variables, query_u, db_u,
+  data = report.collect(run.splits, run.model, restored.variables, query_u, db_codes,
                         restored.B if restored.same_database() else None, FLAGS.workdir,
                         seed=run.config.seed, image_size=run.config.image_size, curves=curves,
                         title=f'{run.config.dataset}, {run.config.bits} bits: aah-eval of step '

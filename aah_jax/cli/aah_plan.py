@@ -59,6 +59,8 @@ def _size(num_bytes: float) -> str:
 def _similarity(report: dict) -> str:
   if report.get('similarity') == 'grouped':
     return f'label-grouped, G = {report["num_groups"]:,}'
+  if report.get('similarity') == 'chunked':
+    return 'explicit similarity, chunked over each device\'s rows'
   return 'explicit similarity'
 
 

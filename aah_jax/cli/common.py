@@ -15,6 +15,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from aah_jax import run as run_lib
+from aah_jax.retrieval import ranking
 from aah_jax.training import checkpoint, defaults
 
 
@@ -50,11 +51,12 @@ def check_output_file(path: str, flag: str):
 @dataclasses.dataclass
 class RestoredRun:
   """A saved run made usable: its Run (network, data of the possibly overridden config),
-  the network's variables, its learned database codes B and the checkpoint's progress."""
+  the network's variables, its learned database codes B (packed) and the checkpoint's
+  progress."""
 
   run: run_lib.Run
   variables: dict
-  B: np.ndarray
+  B: ranking.PackedCodes
   step: int
   progress: dict
 
@@ -112,8 +114,8 @@ def restore_run(workdir: str, step: Optional[int] = None,
   run = run_lib.prepare(_config_of(progress, overrides))
   return RestoredRun(run=run, variables={'params': tree['params'],
                                          'batch_stats': tree['batch_stats']},
-                     B=np.asarray(tree['B'])[:progress['num_database']], step=step,
-                     progress=progress)  # the grouped form's B has padding rows
+                     B=ranking.pack_codes(np.asarray(tree['B'])[:progress['num_database']]),
+                     step=step, progress=progress)  # the grouped form's B has padding rows
 
 
 def overrides_from_flags() -> dict:

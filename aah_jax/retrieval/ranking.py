@@ -44,7 +44,9 @@ def as_pm1(codes) -> np.ndarray:
 
 
 def pack_codes(codes) -> PackedCodes:
-  """Any code form → PackedCodes (k bits in ⌈k/8⌉ bytes per code)."""
+  """Any code form → PackedCodes (k bits in ⌈k/8⌉ bytes per code); PackedCodes as they are."""
+  if isinstance(codes, PackedCodes):
+    return codes
   pm1 = as_pm1(codes)
   return PackedCodes(np.packbits(pm1 > 0, axis=1), pm1.shape[1])
 

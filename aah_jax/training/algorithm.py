@@ -20,7 +20,7 @@ import numpy as np
 from aah_jax.common import mesh as mesh_lib
 from aah_jax.common.mesh import to_host
 from aah_jax.data import input_pipeline
-from aah_jax.training import adsh, grouped, train
+from aah_jax.training import adsh, chunked, grouped, train
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -31,10 +31,10 @@ class NonFiniteLoss(FloatingPointError):
 class Programs:
   """The compiled pieces of an outer iteration, each jitted over the mesh: the train step
   (state, batch, B's summary) → (state, metrics), the DCC sweep of B and r. They read the
-  database's labels as ``database_labels`` gives them: state.db_labels, or in the
-  label-grouped form (``config.train.similarity='grouped'``, docs/method.md §8) its
-  ``grouped.LabelGroups``: the group rows and counts here (built once), the group ids in
-  the state."""
+  database's labels as ``database_labels`` gives them: state.db_labels (the explicit and
+  chunked forms), or in the label-grouped form (``config.train.similarity='grouped'``,
+  docs/method.md §8) its ``grouped.LabelGroups``: the group rows and counts here (built
+  once), the group ids in the state."""
 
   train_step: Callable
   update_codes: Callable
@@ -49,27 +49,40 @@ class Programs:
 
   @classmethod
   def compile(cls, config: ml_collections.ConfigDict, mesh, model, tx, schedule,
-              db_labels, groups: Optional[grouped.LabelGroups] = None) -> 'Programs':
+              db_labels, groups: Optional[grouped.LabelGroups] = None,
+              form: Optional[str] = None) -> 'Programs':
     """db_labels: the database's labels (host or device); groups: their label groups
-    (host), for the grouped form (built from db_labels if not given)."""
-    soft, form, num_database = config.loss.soft_similarity, config.train.similarity, len(db_labels)
+    (host), for the grouped form (built from db_labels if not given); form: 'explicit',
+    'grouped' or 'chunked' (``Run.similarity_form``; default config.train.similarity)."""
+    soft, num_database = config.loss.soft_similarity, len(db_labels)
+    form = form or config.train.similarity
     replicated = mesh_lib.replicated(mesh)
-    step = train.compile_train_step(mesh, form == 'grouped', model=model, tx=tx,
-                                    schedule=schedule, weights=train.loss_weights(config),
-                                    gamma=config.loss.gamma)
+    sizes = dict(mesh=mesh, num_database=num_database, chunk_rows=config.train.chunk_rows)
+    step = train.compile_train_step(
+        mesh, form != 'explicit', model=model, tx=tx, schedule=schedule,
+        weights=train.loss_weights(config), gamma=config.loss.gamma,
+        row_sums=functools.partial(chunked.row_sums, **sizes) if form == 'chunked' else None)
     programs = dict(
-        update_codes=train.make_database_update(mesh, num_database, config.loss.gamma, soft,
-                                                form == 'grouped'),
+        update_codes=train.make_database_update(
+            mesh, num_database, config.loss.gamma, soft, form != 'explicit',
+            chunk_rows=config.train.chunk_rows if form == 'chunked' else None),
         column_sums=jax.jit(lambda B: B.sum(axis=0), out_shardings=replicated),
         batch_sharding=mesh_lib.batch_sharded(mesh),
         steps_per_iteration=schedule.steps_per_iteration, num_database=num_database)
+    rows_of = jax.jit(lambda labels, omega: labels[omega], out_shardings=replicated)
     if form == 'explicit':
       return cls(train_step=lambda state, batch, summary: step(state, batch),
                  negative_weight=jax.jit(functools.partial(adsh.negative_weight, soft=soft),
                                          out_shardings=replicated),
-                 summarize=lambda B, labels, omega: None,
-                 omega_labels=jax.jit(lambda labels, omega: labels[omega],
-                                      out_shardings=replicated), **programs)
+                 summarize=lambda B, labels, omega: None, omega_labels=rows_of, **programs)
+    if form == 'chunked':
+      return cls(train_step=step,
+                 negative_weight=jax.jit(functools.partial(chunked.negative_weight, soft=soft,
+                                                           **sizes), out_shardings=replicated),
+                 summarize=jax.jit(functools.partial(chunked.summarize,
+                                                     num_database=num_database),
+                                   out_shardings=replicated),
+                 omega_labels=rows_of, **programs)
     groups = groups if groups is not None else grouped.LabelGroups.of(to_host(db_labels))
     return cls(
         train_step=step,

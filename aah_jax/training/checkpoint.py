@@ -45,7 +45,9 @@ RESUMABLE_CHANGES = ('checkpoint', 'eval', 'log', 'data.num_threads', 'data.num_
 # Config fields added after runs were saved, with the value that reproduces what those runs
 # did (flat_config's form): a run saved before the field existed continues under it.
 ADDED_FIELDS = {'loss.phase_boundaries': [0.5], 'loss.term_modules': [],
-                'train.similarity': 'explicit'}
+                'train.similarity': 'explicit',
+                'train.max_group_fraction': 1.0,  # grouped runs before it never chunked
+                'train.chunk_rows': 16384}
 
 
 class _OrbaxInfoFilter(py_logging.Filter):

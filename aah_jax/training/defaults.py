@@ -87,8 +87,16 @@ def _train_fields(config: ml_collections.ConfigDict):
   # How the step and the DCC sweep compute against the database (docs/method.md §8):
   # 'grouped' sums per distinct label row (no N-sized similarity; B and the group ids split
   # over the devices by rows); 'explicit' builds the n × N and |Ω| × N similarities against
-  # a replicated B (the reference's form). The same maths up to float rounding.
+  # a replicated B (the reference's form); 'chunked' builds them chunk by chunk on each
+  # device's rows of B (split as in 'grouped', §8.1). The same maths up to float rounding.
   config.train.similarity = 'grouped'
+  # 'grouped' runs 'chunked' instead when the database has more label groups G than this
+  # fraction of its items N (multi-label data with nearly distinct rows: the G-row group
+  # table on every device would be as large as B).
+  config.train.max_group_fraction = 0.5
+  # Database rows per chunk of the 'chunked' form: one n × chunk (step) and |Ω| × chunk
+  # (DCC sweep) block of S per device at a time.
+  config.train.chunk_rows = 16384
   # BatchNorm statistics per device (as unsynchronised data-parallel PyTorch) instead of
   # over the global batch.
   config.train.per_device_batch_norm = False

@@ -17,7 +17,7 @@ from aah_jax.common import mesh as mesh_lib
 from aah_jax.data import input_pipeline
 from aah_jax.models import A2NetPlusPlus
 from aah_jax.retrieval import ranking
-from aah_jax.retrieval.codes import hash_codes
+from aah_jax.retrieval.codes import hash_codes, packed_hash_codes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,17 +31,28 @@ class Splits:
   db_labels: np.ndarray
 
 
-def make_encoder(model: A2NetPlusPlus, mesh):
-  """Jitted eval-mode forward: (variables, images) → u, batch sharded over the mesh."""
-  return jax.jit(lambda variables, images: model.apply(variables, images, train=False),
-                 in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)),
+def make_encoder(model: A2NetPlusPlus, mesh, packed: bool = False):
+  """Jitted eval-mode forward: (variables, images) → u, batch sharded over the mesh; with
+  packed, sign(u) packed 8 bits to a byte (``packed_hash_codes``) instead."""
+  def forward(variables, images):
+    u = model.apply(variables, images, train=False)
+    return packed_hash_codes(u) if packed else u
+  return jax.jit(forward, in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)),
                  out_shardings=mesh_lib.batch_sharded(mesh))
+
+
+def packed_rows_to_host(x, num_rows: int) -> ranking.PackedCodes:
+  """The codes sign(x) of x's first num_rows rows on the host, packed where x lies (split by
+  rows or replicated; ``packed_hash_codes``): k/8 bytes a row are gathered, not 4k."""
+  words = jax.jit(packed_hash_codes, out_shardings=x.sharding)(x)
+  return ranking.PackedCodes(mesh_lib.rows_to_host(words, num_rows), x.shape[1])
 
 
 def encode_split(encoder, variables, source, *, global_batch: int, image_size: int,
                  num_threads: int, sharding, num_workers: int = 0,
                  dtype=np.float32) -> np.ndarray:
-  """u (len(source), k) of a whole split, in order, every item exactly once."""
+  """The encoder's rows (u as float32, or packed codes as they come) of a whole split, in
+  order, every item exactly once."""
   outputs = []
   for local in input_pipeline.eval_batches(source, global_batch=global_batch,
                                            image_size=image_size, num_threads=num_threads,
@@ -52,28 +63,40 @@ def encode_split(encoder, variables, source, *, global_batch: int, image_size: i
     u = encoder(variables, batch['image'])
     u, mask = multihost_utils.process_allgather((u, batch['mask']), tiled=True)
     outputs.append(np.asarray(u)[np.asarray(mask)])
-  return np.concatenate(outputs).astype(np.float32)
+  out = np.concatenate(outputs)
+  return out if out.dtype == np.uint8 else out.astype(np.float32)
+
+
+RANDOM_CODE_ROWS = 1 << 16  # database rows drawn (as int64: 8k bytes a row) at a time
 
 
 def random_codes(seed: int, num_queries: int, num_database: int,
-                 bits: int) -> tuple[np.ndarray, np.ndarray]:
-  """±1 (query, database) codes of the chance baseline: the same for a seed wherever drawn
-  (the training evaluation, aah-eval, the report)."""
+                 bits: int) -> tuple[np.ndarray, ranking.PackedCodes]:
+  """(±1 query codes, packed database codes) of the chance baseline: the same for a seed
+  wherever drawn (the training evaluation, aah-eval, the report). The database is drawn
+  ``RANDOM_CODE_ROWS`` rows at a time from the one generator and packed as it goes (the
+  same codes as one draw of every row: tested), so no N × k array is made."""
   rng = np.random.default_rng(seed)
-  return rng.choice([-1, 1], (num_queries, bits)), rng.choice([-1, 1], (num_database, bits))
+  query = rng.choice([-1, 1], (num_queries, bits))
+  words = [ranking.pack_codes(rng.choice([-1, 1], (min(RANDOM_CODE_ROWS, num_database - start),
+                                                   bits))).words
+           for start in range(0, num_database, RANDOM_CODE_ROWS)]
+  return query, ranking.PackedCodes(
+      np.concatenate(words) if words else np.zeros((0, -(-bits // 8)), np.uint8), bits)
 
 
-def evaluate(query_u, db_u, B, query_labels, db_labels, seed: int) -> dict:
-  """mAP@all of the query codes against the learned B, the encoded database, and random codes
-  (and, against B, the tie-aware mAP: the expected AP over orderings of equidistant items)."""
+def evaluate(query_u, db_codes, B, query_labels, db_labels, seed: int) -> dict:
+  """mAP@all of the query codes against the learned B, the encoded database (u or codes in
+  any form ``ranking`` takes, such as packed), and random codes (and, against B, the
+  tie-aware mAP: the expected AP over orderings of equidistant items)."""
   query_codes = np.asarray(hash_codes(query_u))
   random_query, random_db = random_codes(seed, len(query_codes), len(B), query_codes.shape[1])
   return {
       'map_learned_db': ranking.mean_average_precision(query_codes, B, query_labels, db_labels),
       'map_tie_aware_learned_db': ranking.tie_aware_mean_average_precision(
           query_codes, B, query_labels, db_labels),
-      'map_encoded_db': ranking.mean_average_precision(
-          query_codes, np.asarray(hash_codes(db_u)), query_labels, db_labels),
+      'map_encoded_db': ranking.mean_average_precision(query_codes, db_codes, query_labels,
+                                                       db_labels),
       'map_random': ranking.mean_average_precision(random_query, random_db, query_labels,
                                                    db_labels),
   }

@@ -108,32 +108,48 @@ def summarize(B, groups: LabelGroups, omega, *, num_database: int) -> DatabaseSu
 
 @dataclasses.dataclass(frozen=True)
 class BatchSimilarity:
-  """A batch's similarity to the database in the grouped form: h (n, G), r, B's summary,
-  and the batch's database codes B[ω] (n × k)."""
+  """A batch's similarity to the database without S_batch: per batch item the two sums
+  over the database the hash term needs, Σ_j S_ij² (n,) and Σ_j S_ij B_j (n × k); B's
+  summary; and the batch's database codes B[ω] (n × k)."""
 
-  h: jax.Array
-  r: jax.Array
+  s_squared: jax.Array
+  s_b: jax.Array
   summary: DatabaseSummary
   codes: jax.Array
 
   @classmethod
   def of(cls, labels, positions, r, summary: DatabaseSummary) -> 'BatchSimilarity':
-    """positions: the batch's rows of U (and of B_Ω)."""
-    return cls(h=membership(labels, summary.group_rows), r=r, summary=summary,
+    """From the label groups (h of the batch against them); positions: the batch's rows of
+    U (and of B_Ω)."""
+    h = membership(labels, summary.group_rows)
+    return cls(*database_sums(h, r, summary), summary=summary,
                codes=summary.omega_codes[positions])
 
 
-def hash_loss(F, h, r, summary: DatabaseSummary, *, code_length: int):
-  """hash = (12/k)/(n·N) · Σ_i [k²·Σ_j S_ij² − 2k·F_i·Σ_j S_ij B_j + F_iᵀ K F_i], equal to
-  ``losses.hash_loss(F, B, S_batch)`` with S_batch = h[:, g] − r·(1 − h[:, g])."""
-  n, k, N = F.shape[0], code_length, summary.num_database
-  F, r = F.astype(summary.gram.dtype), jnp.asarray(r, summary.gram.dtype)  # 1 + r, r² exact
+def database_sums(h, r, summary: DatabaseSummary):
+  """(Σ_j S_ij², Σ_j S_ij B_j) from the groups: Σ_g h_ig c_g + r²·(N − Σ_g h_ig c_g) and
+  (1 + r)·Σ_g h_ig Σ_g − r·Σ_g Σ_g, in the summary's dtype (1 + r and r² exact)."""
+  r = jnp.asarray(r, summary.gram.dtype)
   similar_count = h @ summary.counts  # (n,) Σ_g h_ig c_g
-  s_squared = similar_count + r * r * (N - similar_count)  # Σ_j S_ij²
+  s_squared = similar_count + r * r * (summary.num_database - similar_count)
   s_b = (1 + r) * (h @ summary.group_sums) - r * jnp.sum(summary.group_sums, axis=0)
+  return s_squared, s_b
+
+
+def hash_loss_of_sums(F, s_squared, s_b, gram, *, num_database: int, code_length: int):
+  """hash = (12/k)/(n·N) · Σ_i [k²·Σ_j S_ij² − 2k·F_i·Σ_j S_ij B_j + F_iᵀ K F_i]."""
+  n, k = F.shape[0], code_length
+  F = F.astype(gram.dtype)
   per_item = k * k * s_squared - 2 * k * jnp.sum(F * s_b, axis=1) + jnp.sum(
-      (F @ summary.gram) * F, axis=1)
-  return jnp.sum(per_item) * (12.0 / k / (n * N))  # a Python float: n·N may pass 2³¹
+      (F @ gram) * F, axis=1)
+  return jnp.sum(per_item) * (12.0 / k / (n * num_database))  # a Python float: n·N may pass 2³¹
+
+
+def hash_loss(F, h, r, summary: DatabaseSummary, *, code_length: int):
+  """``losses.hash_loss(F, B, S_batch)`` with S_batch = h[:, g] − r·(1 − h[:, g]), from the
+  label groups."""
+  return hash_loss_of_sums(F, *database_sums(h, r, summary), summary.gram,
+                           num_database=summary.num_database, code_length=code_length)
 
 
 def dcc_update(B, U, omega, h_omega, r, group_of, gamma, num_database: Optional[int] = None):

@@ -123,8 +123,9 @@ def import_term_modules(names: Sequence[str]):
 def _hash_term(x: LossInputs):
   if x.grouped is None:
     return hash_loss(x.output.u, x.B, x.S_batch, code_length=x.code_length)
-  return grouped_lib.hash_loss(x.output.u, x.grouped.h, x.grouped.r, x.grouped.summary,
-                               code_length=x.code_length)
+  return grouped_lib.hash_loss_of_sums(
+      x.output.u, x.grouped.s_squared, x.grouped.s_b, x.grouped.summary.gram,
+      num_database=x.grouped.summary.num_database, code_length=x.code_length)
 
 
 def _quant_term(x: LossInputs):

@@ -17,7 +17,7 @@ import optax
 from aah_jax.common import mesh as mesh_lib, normalization
 from aah_jax.models import A2NetPlusPlus, create_model, init_variables
 from aah_jax.models.precision import accumulation_dtype
-from aah_jax.training import adsh, config_checks, grouped, losses
+from aah_jax.training import adsh, chunked, config_checks, grouped, losses
 
 # (inputs, phase, term → weight per phase) → (loss, terms by name): the step's objective.
 LossFn = Callable[[losses.LossInputs, Any, dict], tuple[jax.Array, dict]]
@@ -37,12 +37,12 @@ class TrainState:
       first DCC sweep, as in the reference).
     U: (|Ω|, k) latest network output u of every sampled image.
     db_labels: what the step and the DCC sweep read of the database's labels: in the
-      explicit form its labels, (N,) or (N, L); in the label-grouped form
+      explicit and chunked forms its labels, (N,) or (N, L); in the label-grouped form
       (config.train.similarity='grouped') the group id g(j) of each item (N,) int32.
     negative_weight: r, the −r of dissimilar pairs in S for the current Ω.
 
-  Layout (``state_sharding``): replicated over the mesh, except in the grouped form B and
-  db_labels, which are split over 'data' by rows, padded with zero rows to a multiple of
+  Layout (``state_sharding``): replicated over the mesh, except in the grouped and chunked
+  forms B and db_labels, which are split over 'data' by rows, padded with zero rows to a multiple of
   the devices (``init_state``'s padded_rows): per device N/devices rows, never N.
   """
 
@@ -167,23 +167,32 @@ def loss_weights(config) -> dict:
 
 def train_step(state: TrainState, batch: dict, summary=None, *, model: A2NetPlusPlus,
                tx: optax.GradientTransformation, schedule: Schedule, weights: dict,
-               gamma: float, loss_fn: LossFn = losses.weighted_total):
+               gamma: float, loss_fn: LossFn = losses.weighted_total,
+               row_sums: Optional[Callable] = None):
   """One SGD step on a global batch: (state, batch) → (state, metrics).
 
   batch: 'image' (n, S, S, 3) normalised, 'label', 'index' (database index ω),
   'position' (row of U). summary: B's ``grouped.DatabaseSummary`` for the label-grouped
   hash and quantisation terms (docs/method.md §8; the step then reads neither state.B nor
   state.db_labels), or None for the explicit ones (S_batch from state.db_labels, B[ω]).
+  row_sums: with summary, the chunked form (docs/method.md §8.1; ``chunked.row_sums`` with
+  its mesh and sizes bound): the hash term's sums over the database come from state.B and
+  state.db_labels, chunk by chunk on each device's rows, instead of the summary's groups.
   loss_fn(LossInputs, phase, weights) → (loss, terms) is the objective (default: the
   registered terms, weighted per phase); metrics holds its terms.
   """
   phase = schedule.phase(schedule.iteration(state.step))
+  r = state.negative_weight
   if summary is None:
-    similarity = {'B': state.B, 'S_batch': adsh.similarity_rows(
-        batch['label'], state.db_labels, state.negative_weight)}
-  else:
+    similarity = {'B': state.B,
+                  'S_batch': adsh.similarity_rows(batch['label'], state.db_labels, r)}
+  elif row_sums is None:
     similarity = {'B': None, 'S_batch': None, 'grouped': grouped.BatchSimilarity.of(
-        batch['label'], batch['position'], state.negative_weight, summary)}
+        batch['label'], batch['position'], r, summary)}
+  else:
+    similarity = {'B': None, 'S_batch': None, 'grouped': grouped.BatchSimilarity(
+        *row_sums(batch['label'], r, state.B, state.db_labels), summary=summary,
+        codes=summary.omega_codes[batch['position']])}
 
   def objective(params):
     output, mutated = model.apply({'params': params, 'batch_stats': state.batch_stats},
@@ -229,15 +238,24 @@ def update_database_codes(B, U, omega, omega_labels, db_labels, *, gamma: float,
 
 
 def make_database_update(mesh, num_database: int, gamma: float, soft: bool,
-                         grouped_form: bool = False):
+                         grouped_form: bool = False, chunk_rows: Optional[int] = None):
   """The jitted DCC update (B, U, Ω, Ω's labels, the database's labels) → B. Explicit: B
   and labels sharded over database rows inside the sweep when they divide evenly, B out
   replicated. grouped_form: the database's labels are its ``grouped.LabelGroups`` (group
-  ids split by rows like B, padding rows past num_database), B stays split by rows."""
+  ids split by rows like B, padding rows past num_database), B stays split by rows. B is
+  donated: the new B takes the old one's memory (a device holds one B, not two; the array
+  passed in is deleted, as the train step deletes the state it is given). chunk_rows
+  (with grouped_form): the chunked form (``chunked.dcc_update``; the labels are the
+  database's own, split by rows like B)."""
+  if chunk_rows is not None:
+    return jax.jit(functools.partial(chunked.dcc_update, gamma=gamma, soft=soft, mesh=mesh,
+                                     num_database=num_database, chunk_rows=chunk_rows),
+                   out_shardings=mesh_lib.batch_sharded(mesh), donate_argnums=0)
   if grouped_form:
     rows = mesh_lib.batch_sharded(mesh)
     return jax.jit(functools.partial(grouped.update_database_codes, gamma=gamma, soft=soft,
-                                     num_database=num_database), out_shardings=rows)
+                                     num_database=num_database), out_shardings=rows,
+                   donate_argnums=0)
   rows = mesh_lib.rows_sharded(mesh, num_database)
 
   def update(B, U, omega, omega_labels, db_labels):
@@ -245,7 +263,7 @@ def make_database_update(mesh, num_database: int, gamma: float, soft: bool,
     db_labels = jax.lax.with_sharding_constraint(db_labels, rows)
     return update_database_codes(B, U, omega, omega_labels, db_labels, gamma=gamma, soft=soft)
 
-  return jax.jit(update, out_shardings=mesh_lib.replicated(mesh))
+  return jax.jit(update, out_shardings=mesh_lib.replicated(mesh), donate_argnums=0)
 
 
 # ----------------------------------------------------------------------------- checks and initial state
