@@ -3,10 +3,10 @@ PyTorch eager, same config, same machine, alternated in one run.
 
     python benchmarks/train_throughput.py [--configs=small,r50_112,r50_224] [--steps=3]
 
-The PyTorch network is written here in the reference group's layout: a torchvision-style
-ResNet trunk (stem + stages 1–3), two copies of stage 4 (global and local path), the
-attention branch and W (no image decoders: ``use_image_decoder=False`` on both sides),
-with hash + quant + dec + rec losses and SGD with momentum and weight decay. Needs the
+The PyTorch network is tests/torch_reference.py's independent build, in the reference group's
+layout: a torchvision-style ResNet trunk (stem + stages 1–3), two copies of stage 4 (global and
+local path), the attention branch and W (no image decoders: ``use_image_decoder=False`` on both
+sides), with hash + quant + dec + rec losses and SGD with momentum and weight decay. Needs the
 torch CPU wheel (``pip install torch``); it is a benchmark-only dependency.
 
 Each side first runs one untimed step (JAX compiles there); then the sides alternate,
@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tests'))
 from aah_jax.training import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from aah_jax.models import create_model, precision  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import cub200, default  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -50,120 +51,21 @@ NUM_DB, GAMMA = 2000, 200.0
 # ----------------------------------------------------------------------------- PyTorch
 
 
-def torch_network(backbone: str, bits: int):
-  """(module, parameters) of the PyTorch A²-Net (no image decoders)."""
-  import torch  # pylint: disable=g-import-not-at-top
-  from torch import nn  # pylint: disable=g-import-not-at-top
-
-  class Bottleneck(nn.Module):
-    expansion = 4
-
-    def __init__(self, inplanes, planes, stride=1):
-      super().__init__()
-      self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-      self.bn1 = nn.BatchNorm2d(planes)
-      self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-      self.bn2 = nn.BatchNorm2d(planes)
-      self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-      self.bn3 = nn.BatchNorm2d(planes * 4)
-      self.downsample = None
-      if stride != 1 or inplanes != planes * 4:
-        self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False),
-                                        nn.BatchNorm2d(planes * 4))
-
-    def forward(self, x):
-      out = torch.relu(self.bn1(self.conv1(x)))
-      out = torch.relu(self.bn2(self.conv2(out)))
-      out = self.bn3(self.conv3(out))
-      return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-  class Basic(nn.Module):
-    expansion = 1
-
-    def __init__(self, inplanes, planes, stride=1):
-      super().__init__()
-      self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-      self.bn1 = nn.BatchNorm2d(planes)
-      self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-      self.bn2 = nn.BatchNorm2d(planes)
-      self.downsample = None
-      if stride != 1 or inplanes != planes:
-        self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False),
-                                        nn.BatchNorm2d(planes))
-
-    def forward(self, x):
-      out = torch.relu(self.bn1(self.conv1(x)))
-      out = self.bn2(self.conv2(out))
-      return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-  if backbone == 'resnet50':
-    block, sizes, widths, stem_width, stem_stride = Bottleneck, (3, 4, 6, 3), (64, 128, 256, 512), 64, 2
-  else:  # small_cnn: a narrow ResNet-10 with a stride-1 stem, as aah_jax's
-    block, sizes, widths, stem_width, stem_stride = Basic, (1, 1, 1, 1), (16, 32, 64, 128), 16, 1
-
-  def stage(inplanes, planes, blocks, stride):
-    layers = [block(inplanes, planes, stride)]
-    layers += [block(planes * block.expansion, planes) for _ in range(blocks - 1)]
-    return nn.Sequential(*layers)
-
-  class A2Net(nn.Module):
-
-    def __init__(self):
-      super().__init__()
-      stem = [nn.Conv2d(3, stem_width, 7 if stem_stride == 2 else 3, stem_stride,
-                        3 if stem_stride == 2 else 1, bias=False),
-              nn.BatchNorm2d(stem_width), nn.ReLU()]
-      if stem_stride == 2:
-        stem.append(nn.MaxPool2d(3, 2, 1))
-      channels, trunk = stem_width, []
-      for i in range(3):
-        trunk.append(stage(channels, widths[i], sizes[i], 1 if i == 0 else 2))
-        channels = widths[i] * block.expansion
-      self.trunk = nn.Sequential(*stem, *trunk)
-      self.global_stage = stage(channels, widths[3], sizes[3], 2)
-      self.local_stage = stage(channels, widths[3], sizes[3], 2)
-      attention, c = [], channels
-      for i in range(3):
-        attention += [Bottleneck(c, c // 4), nn.Conv2d(c, c // 4 if i < 2 else bits, 1, bias=False),
-                      nn.BatchNorm2d(c // 4 if i < 2 else bits)]
-        c //= 4
-      self.attention = nn.Sequential(*attention, nn.ReLU())
-      feature = widths[3] * block.expansion
-      self.W = nn.Parameter(torch.randn(bits, (bits + 1) * feature) * 0.01)
-
-    def forward(self, x):
-      t = self.trunk(x)
-      g = self.global_stage(t).mean(dim=(2, 3))
-      a = self.attention(t)
-      n, m = a.shape[:2]
-      parts = (t[:, None] * a[:, :, None]).flatten(0, 1)
-      local = self.local_stage(parts).mean(dim=(2, 3)).reshape(n, -1)
-      v = torch.cat([local, g], dim=1)
-      u = torch.tanh(v @ self.W.t())
-      return u, v, u @ self.W
-
-  net = A2Net()
-  return net, list(net.parameters())
-
-
 def torch_step_fn(backbone: str, bits: int, batch: int, size: int):
   import torch  # pylint: disable=g-import-not-at-top
+  import torch_reference  # pylint: disable=g-import-not-at-top  (tests/torch_reference.py)
   torch.manual_seed(0)
-  net, params = torch_network(backbone, bits)
+  net = torch_reference.A2NetPlusPlus(backbone, bits, size, use_image_decoder=False)
   net.train()
-  optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=1e-4)
+  optimizer = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
   images = torch.randn(batch, 3, size, size)
   B = torch.sign(torch.randn(NUM_DB, bits))
   S = torch.where(torch.rand(batch, NUM_DB) < 0.05, 1.0, -1.0)
   omega = torch.randint(0, NUM_DB, (batch,))
-  scale = 12.0 / bits / (batch * NUM_DB)
 
   def step():
-    u, v, v_hat = net(images)
-    hash_term = ((bits * S - u @ B.t()) ** 2).sum() * scale
-    quant = GAMMA * ((u - B[omega]) ** 2).sum() * scale
-    gram = u.t() @ u - batch * torch.eye(bits)
-    loss = hash_term + quant + (gram ** 2).mean() / batch / bits + ((v_hat - v) ** 2).mean()
+    terms = torch_reference.loss_terms(net(images), B, S, omega, None, gamma=GAMMA, bits=bits)
+    loss = sum(terms.values())  # hash + quant + dec + rec, all weighted 1
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -172,7 +74,7 @@ def torch_step_fn(backbone: str, bits: int, batch: int, size: int):
   @torch.no_grad()
   def encode():
     net.eval()
-    u = net(images)[0]
+    u = net(images)['u']
     net.train()
     return float(u.sum())
 

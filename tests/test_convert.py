@@ -9,84 +9,14 @@ import torch
 from torch import nn
 
 from aah_jax.models import A2NetPlusPlus, convert, init_variables
+from torch_reference import ARCHS, TorchvisionResNet
 
 
-class _Basic(nn.Module):
-  expansion = 1
-
-  def __init__(self, inplanes, planes, stride=1, downsample=None):
-    super().__init__()
-    self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(planes)
-    self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-    self.bn2 = nn.BatchNorm2d(planes)
-    self.downsample = downsample
-
-  def forward(self, x):
-    out = torch.relu(self.bn1(self.conv1(x)))
-    out = self.bn2(self.conv2(out))
-    return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-
-class _Bottleneck(nn.Module):
-  expansion = 4
-
-  def __init__(self, inplanes, planes, stride=1, downsample=None):
-    super().__init__()
-    self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(planes)
-    self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)  # v1.5: stride here
-    self.bn2 = nn.BatchNorm2d(planes)
-    self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-    self.bn3 = nn.BatchNorm2d(planes * 4)
-    self.downsample = downsample
-
-  def forward(self, x):
-    out = torch.relu(self.bn1(self.conv1(x)))
-    out = torch.relu(self.bn2(self.conv2(out)))
-    out = self.bn3(self.conv3(out))
-    return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-
-class _TorchvisionResNet(nn.Module):
-  """torchvision.models.resnet.ResNet's modules and key names."""
-
-  def __init__(self, block, layers):
-    super().__init__()
-    self.inplanes = 64
-    self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-    self.bn1 = nn.BatchNorm2d(64)
-    self.relu = nn.ReLU(inplace=True)
-    self.maxpool = nn.MaxPool2d(3, 2, 1)
-    self.layer1 = self._make_layer(block, 64, layers[0])
-    self.layer2 = self._make_layer(block, 128, layers[1], 2)
-    self.layer3 = self._make_layer(block, 256, layers[2], 2)
-    self.layer4 = self._make_layer(block, 512, layers[3], 2)
-    self.fc = nn.Linear(512 * block.expansion, 1000)
-
-  def _make_layer(self, block, planes, blocks, stride=1):
-    downsample = None
-    if stride != 1 or self.inplanes != planes * block.expansion:
-      downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride,
-                                           bias=False), nn.BatchNorm2d(planes * block.expansion))
-    layers = [block(self.inplanes, planes, stride, downsample)]
-    self.inplanes = planes * block.expansion
-    layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
-    return nn.Sequential(*layers)
-
-  def features(self, x):
-    x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-    t = self.layer3(self.layer2(self.layer1(x)))
-    s = self.layer4(t)
-    return t, s, s.mean(dim=(2, 3))
-
-
-ARCHS = {'resnet18': (_Basic, (2, 2, 2, 2)), 'resnet50': (_Bottleneck, (3, 4, 6, 3))}
 
 
 def _randomised(arch):
   torch.manual_seed(0)
-  net = _TorchvisionResNet(*ARCHS[arch])
+  net = TorchvisionResNet(*ARCHS[arch])
   with torch.no_grad():  # non-trivial BN statistics and affine parameters
     for module in net.modules():
       if isinstance(module, nn.BatchNorm2d):

@@ -165,6 +165,24 @@ def loss_weights(config) -> dict:
 # ----------------------------------------------------------------------------- the step
 
 
+def batch_objective(params, *, batch_stats, batch: dict, similarity: dict, phase,
+                    model: A2NetPlusPlus, gamma: float, weights: dict,
+                    loss_fn: LossFn = losses.weighted_total):
+  """The loss the step differentiates: (loss, (terms, u, new batch_stats)).
+
+  The network in train mode on batch['image'] (BatchNorm with batch statistics), then
+  loss_fn on its outputs. similarity: the ``LossInputs`` fields of the database side
+  ('B', 'S_batch' and, in the grouped and chunked forms, 'grouped').
+  """
+  output, mutated = model.apply({'params': params, 'batch_stats': batch_stats},
+                                batch['image'], train=True, mutable=['batch_stats'])
+  inputs = losses.LossInputs(
+      output=output, omega=batch['index'], images=normalization.to_unit_range(batch['image']),
+      gamma=gamma, code_length=model.bits, **similarity)
+  loss, terms = loss_fn(inputs, phase, weights)
+  return loss, (terms, output.u, mutated['batch_stats'])
+
+
 def train_step(state: TrainState, batch: dict, summary=None, *, model: A2NetPlusPlus,
                tx: optax.GradientTransformation, schedule: Schedule, weights: dict,
                gamma: float, loss_fn: LossFn = losses.weighted_total,
@@ -194,16 +212,9 @@ def train_step(state: TrainState, batch: dict, summary=None, *, model: A2NetPlus
         *row_sums(batch['label'], r, state.B, state.db_labels), summary=summary,
         codes=summary.omega_codes[batch['position']])}
 
-  def objective(params):
-    output, mutated = model.apply({'params': params, 'batch_stats': state.batch_stats},
-                                  batch['image'], train=True, mutable=['batch_stats'])
-    inputs = losses.LossInputs(
-        output=output, omega=batch['index'],
-        images=normalization.to_unit_range(batch['image']), gamma=gamma,
-        code_length=model.bits, **similarity)
-    loss, terms = loss_fn(inputs, phase, weights)
-    return loss, (terms, output.u, mutated['batch_stats'])
-
+  objective = functools.partial(batch_objective, batch_stats=state.batch_stats, batch=batch,
+                                similarity=similarity, phase=phase, model=model, gamma=gamma,
+                                weights=weights, loss_fn=loss_fn)
   (loss, (terms, u, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
       state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
