@@ -50,8 +50,8 @@ def feature_numbers(local: np.ndarray, g: np.ndarray, W: np.ndarray) -> dict:
   """Shares of ‖v‖² and of var(z) from the local blocks and from g; W's block norms."""
   v = np.concatenate([local, g], axis=1) if local is not None else g
   c4 = g.shape[1]
-  z_global = g @ W[:, -c4:].T
-  numbers = {'global share of var z': float(np.mean(z_global.var(0) / (v @ W.T).var(0)))}
+  var_z = (v @ W.T).var(0)
+  numbers = {'global share of var z': float(np.mean((g @ W[:, -c4:].T).var(0) / var_z))}
   blocks = W.reshape(W.shape[0], -1, c4)  # (k, M + 1, C4)
   init_norm = np.sqrt(W.shape[0] * c4 / (3.0 * W.shape[1]))
   block_norms = np.linalg.norm(blocks, axis=(0, 2)) / init_norm
@@ -59,7 +59,7 @@ def feature_numbers(local: np.ndarray, g: np.ndarray, W: np.ndarray) -> dict:
   if local is not None:
     numbers['local share of ‖v‖²'] = float((local ** 2).sum() / (v ** 2).sum())
     z_local = local @ W[:, :-c4].T
-    numbers['local share of var z'] = float(np.mean(z_local.var(0) / (v @ W.T).var(0)))
+    numbers['local share of var z'] = float(np.mean(z_local.var(0) / var_z))
     numbers['W block norm / init, parts (mean)'] = float(block_norms[:-1].mean())
   return numbers
 

@@ -79,15 +79,18 @@ def _flax_outputs(model, variables, images, omega, S, B, weights):
   """(train-mode outputs, terms, gradient by path, new batch_stats, eval u, eval v, eval A)."""
   batch = {'image': jnp.asarray(images), 'index': jnp.asarray(omega)}
   similarity = {'B': jnp.asarray(B), 'S_batch': jnp.asarray(S)}
+
+  def with_output(inputs, phase, weights):  # the default objective, keeping the outputs
+    loss, terms = losses.weighted_total(inputs, phase, weights)
+    return loss, (terms, inputs.output)
+
   objective = jax.jit(jax.value_and_grad(
       lambda params: train.batch_objective(
           params, batch_stats=variables['batch_stats'], batch=batch, similarity=similarity,
-          phase=2, model=model, gamma=GAMMA,
+          phase=2, model=model, gamma=GAMMA, loss_fn=with_output,
           weights={name: (0.0, w) for name, w in weights.items()}),
       has_aux=True))
-  (_, (terms, _, batch_stats)), grads = objective(variables['params'])
-  output, _ = jax.jit(lambda v: model.apply(v, batch['image'], train=True,
-                                            mutable=['batch_stats']))(variables)
+  (_, ((terms, output), _, batch_stats)), grads = objective(variables['params'])
   u_eval, inter = jax.jit(lambda v: model.apply(v, batch['image'], train=False,
                                                 mutable=['intermediates']))(variables)
   inter = {name: value[0] for name, value in inter['intermediates'].items()}
