@@ -61,6 +61,22 @@ def test_loss_terms_match_numpy(n, k):
     np.testing.assert_allclose(float(got[name]), value, rtol=FLOAT64_RTOL, err_msg=name)
 
 
+def test_hash_loss_keeps_float64_with_the_runs_float32_similarity():
+  # The run's S_batch is float32 (adsh.similarity_rows) with −r = −P/Q; under float64 the
+  # hash term must use its values as they are, not k·S rounded to float32 (that rounding
+  # moved the explicit form's float64 runs off the grouped form's by ~1e-9 per step).
+  rng = np.random.default_rng(3)
+  n, N, k = 6, 41, 12
+  F = np.tanh(rng.normal(size=(n, k)))
+  B = rng.normal(size=(N, k))
+  S = np.where(rng.random((n, N)) < 0.2, 1.0, -np.float32(7 / 34)).astype(np.float32)
+  assert np.float32(k) * S.min() != k * np.float64(S.min())  # k·r is not a float32
+  with jax.enable_x64(True):
+    got = float(jax.jit(lambda F, B, S: losses.hash_loss(F, B, S, code_length=k))(F, B, S))
+  want = _np_terms(F, B, S, np.arange(n), np.zeros((n, 1)), np.zeros((n, 1)), 1.0, k)['hash']
+  np.testing.assert_allclose(got, want, rtol=FLOAT64_RTOL)  # the bound above (n·N = 246)
+
+
 @pytest.mark.equivalence
 def test_image_loss_matches_numpy():
   rng = np.random.default_rng(0)

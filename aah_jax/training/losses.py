@@ -33,7 +33,7 @@ def _scale(code_length: int, n: int, num_database: int) -> float:
 def hash_loss(F, B, S_batch, *, code_length: int):
   """hash = (12/k) · Σ_i Σ_j (k·S_ij − F_i·B_j)² / (n·N), asymmetric against B."""
   n, num_database = S_batch.shape
-  residual = code_length * S_batch - F @ B.T
+  residual = code_length * S_batch.astype(F.dtype) - F @ B.T  # k·S not rounded to S's float32
   return jnp.sum(jnp.square(residual)) * _scale(code_length, n, num_database)
 
 
