@@ -16,6 +16,10 @@ For each run (its newest checkpoint), on the first --images images of the query 
 - W's blocks (x_1 … x_M, g; C4 columns each): each block's Frobenius norm over the norm W's
   initialisation U(±1/√D) has in expectation (√(k·C4 / (3D))).
 - from the run's results.json: hash and quant at each outer iteration (means over its steps).
+- W over the outer iterations, from every checkpoint the run kept (`--config.checkpoint.keep`
+  at least the outer iterations keeps them all): per checkpoint, the parts' and g's blocks'
+  norms over their initial expectation, and the update since the previous kept checkpoint,
+  ‖ΔW_block‖ / ‖W_block‖ (the parts' blocks taken together).
 """
 
 import argparse
@@ -24,6 +28,7 @@ import os
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 from aah_jax.cli import common
 from aah_jax.data import datasets, input_pipeline
@@ -64,6 +69,25 @@ def feature_numbers(local: np.ndarray, g: np.ndarray, W: np.ndarray) -> dict:
   return numbers
 
 
+def w_history(workdir: str, c4: int) -> list:
+  """(step, parts' norm / init, g's norm / init, parts' ‖ΔW‖/‖W‖, g's) per kept checkpoint."""
+  root = os.path.join(workdir, 'checkpoints')
+  steps = sorted(int(name) for name in os.listdir(root) if name.isdigit())
+  rows, previous = [], None
+  with ocp.StandardCheckpointer() as checkpointer:
+    for step in steps:
+      W = np.asarray(checkpointer.restore(os.path.join(root, str(step), 'state'))['params']
+                     ['attribute_codec']['W'], np.float64)
+      init_norm = np.sqrt(W.shape[0] * c4 / (3.0 * W.shape[1]))  # per block, as above
+      blocks = (W[:, :-c4], W[:, -c4:])
+      norms = [np.linalg.norm(b) / (init_norm * np.sqrt(b.shape[1] // c4)) for b in blocks]
+      updates = ([np.linalg.norm(b - p) / np.linalg.norm(b) for b, p in zip(blocks, previous)]
+                 if previous is not None else [float('nan')] * 2)
+      rows.append((step, *norms, *updates))
+      previous = blocks
+  return rows
+
+
 def run_numbers(workdir: str, num_images: int) -> dict:
   restored = common.restore_run(workdir)
   run = restored.run
@@ -86,6 +110,8 @@ def run_numbers(workdir: str, num_images: int) -> dict:
     results = json.load(f)
   numbers['map_learned_db'] = results['map_learned_db']
   numbers['history'] = [(h['iteration'], h['hash'], h['quant']) for h in results['history']]
+  if 'local_features' in inter:
+    numbers['w_history'] = w_history(workdir, inter['global_feature'].shape[1])
   return numbers
 
 
@@ -99,7 +125,8 @@ def main():
     if not os.path.isfile(os.path.join(workdir, 'results.json')):
       raise SystemExit(f'--workdirs: {workdir} has no results.json (not a finished run)')
   runs = {workdir: run_numbers(workdir, args.images) for workdir in workdirs}
-  names = sorted({name for numbers in runs.values() for name in numbers} - {'history'})
+  names = sorted({name for numbers in runs.values() for name in numbers}
+                 - {'history', 'w_history'})
   width = max(len(os.path.basename(w.rstrip('/'))) for w in workdirs) + 2
   print(' ' * 36 + ''.join(f'{os.path.basename(w.rstrip("/")):>{width}}' for w in workdirs))
   for name in names:
@@ -110,6 +137,13 @@ def main():
     history = runs[workdir]['history']
     print(f'{os.path.basename(workdir.rstrip("/"))}: ' + ' '.join(
         f'{i}:{h:.2f}/{q:.2f}' for i, h, q in history))
+  for workdir in workdirs:
+    rows = runs[workdir].get('w_history')
+    if rows:
+      print(f'\nW of {os.path.basename(workdir.rstrip("/"))} per kept checkpoint: step, norm / '
+            'init (parts, g), ‖ΔW‖/‖W‖ since the previous one (parts, g)')
+      for row in rows:
+        print(f'{row[0]:6d}  {row[1]:.3f} {row[2]:.3f}  {row[3]:.4f} {row[4]:.4f}')
 
 
 if __name__ == '__main__':
