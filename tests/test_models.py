@@ -124,6 +124,24 @@ def test_small_forward_backward_is_finite(small):
   assert any(not np.allclose(a, b) for a, b in zip(before, after))
 
 
+def test_global_codec_init_starts_w_as_the_global_only_network(small):
+  # model.codec_init='global': the parts' blocks of W are 0 and g's block is the default
+  # draw U(±1/√D) scaled to U(±1/√C4), the global-only network's W; nothing else changes.
+  model, variables, _ = small
+  fresh = init_variables(model.clone(codec_init='global'), jax.random.key(0), 32)
+  w, w_global = (np.asarray(v['params']['attribute_codec']['W']) for v in (variables, fresh))
+  c4 = backbone_spec('small_cnn').feature_channels
+  assert w.shape == w_global.shape == (12, 4 * c4)
+  assert np.all(w_global[:, :-c4] == 0)
+  # one float32 multiplication of the same draw: within one rounding (EPS32)
+  np.testing.assert_allclose(w_global[:, -c4:], w[:, -c4:] * 2.0, rtol=EPS32)  # √(4·C4 / C4)
+  assert np.abs(w_global).max() <= 1 / np.sqrt(c4)
+  rest = lambda v: jax.tree.leaves({k: x for k, x in v['params'].items() if k != 'attribute_codec'})
+  assert all(np.array_equal(a, b) for a, b in zip(rest(variables), rest(fresh)))
+  with pytest.raises(ValueError, match="model.codec_init='zeros'"):
+    init_variables(model.clone(codec_init='zeros'), jax.random.key(0), 32)
+
+
 def _grad_norms(small, phase, weights):
   model, variables, images = small
   grads = jax.jit(jax.grad(

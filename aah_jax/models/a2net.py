@@ -67,6 +67,8 @@ class A2NetPlusPlus(nn.Module):
       stay float32; all float64 under float64, the CPU reference mode).
     remat_local_stage: recompute the local stage-4 path (it runs M times per image)
       in the backward pass instead of storing its activations.
+    codec_init: W's initialisation (``attributes.CODEC_INITS``): 'uniform', PyTorch's
+      U(±1/√D); 'global', the global-only network's W for g and 0 for the parts.
   """
 
   backbone: str = 'resnet50'
@@ -79,6 +81,7 @@ class A2NetPlusPlus(nn.Module):
   bn_groups: int = 1
   dtype: Any = jnp.float32
   remat_local_stage: bool = False
+  codec_init: str = 'uniform'
 
   @property
   def num_maps(self) -> int:
@@ -111,7 +114,8 @@ class A2NetPlusPlus(nn.Module):
       v = jnp.concatenate([x, g], axis=-1)
     else:
       a, v = None, g
-    u, v_hat = AttributeCodec(self.bits, name='attribute_codec')(v)
+    u, v_hat = AttributeCodec(self.bits, self.codec_init, v.shape[-1] - g.shape[-1],
+                              name='attribute_codec')(v)
     if not train:
       return u
 

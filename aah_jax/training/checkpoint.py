@@ -47,7 +47,7 @@ RESUMABLE_CHANGES = ('checkpoint', 'eval', 'log', 'data.num_threads', 'data.num_
 ADDED_FIELDS = {'loss.phase_boundaries': [0.5], 'loss.term_modules': [],
                 'train.similarity': 'explicit',
                 'train.max_group_fraction': 1.0,  # grouped runs before it never chunked
-                'train.chunk_rows': 16384}
+                'train.chunk_rows': 16384, 'model.codec_init': 'uniform'}
 
 
 class _OrbaxInfoFilter(py_logging.Filter):

@@ -74,6 +74,7 @@ RULES: dict[str, Rule] = {
     'model.bn_groups': _integer(1),
     'model.dtype': _choice('auto', 'float32', 'bfloat16', 'float64'),
     'model.remat_local_stage': _BOOL,
+    'model.codec_init': _choice('uniform', 'global'),
     'model.pretrained': _OPTIONAL_TEXT,
     'loss.gamma': _number(0.0),
     'loss.soft_similarity': _BOOL,
