@@ -60,7 +60,7 @@ def _model_fields(config: ml_collections.ConfigDict):
   config.model.dtype = 'auto'
   config.model.remat_local_stage = False  # recompute the local stage-4 path in backward
   # W's initialisation: 'uniform' (PyTorch's U(±1/√D) over all of W) or 'global' (g's block
-  # as the global-only network's, U(±1/√C4); the parts' blocks 0). docs/method.md §1.6.
+  # as the global-only network's, U(±1/√C4); the parts' blocks 0). docs/method.md §2, item 6.
   config.model.codec_init = 'uniform'
   # A converted ImageNet backbone (aah-convert) for the trunk and both last-stage copies.
   config.model.pretrained = ml_collections.FieldReference(None, field_type=str)
