@@ -51,6 +51,11 @@ def attention_numbers(maps: np.ndarray) -> dict:
           'dead': float(1.0 - alive.mean())}
 
 
+def init_block_norm(W: np.ndarray, c4: int) -> float:
+  """The Frobenius norm one C4-column block of W has in expectation under U(±1/√D)."""
+  return np.sqrt(W.shape[0] * c4 / (3.0 * W.shape[1]))
+
+
 def feature_numbers(local: np.ndarray, g: np.ndarray, W: np.ndarray) -> dict:
   """Shares of ‖v‖² and of var(z) from the local blocks and from g; W's block norms."""
   v = np.concatenate([local, g], axis=1) if local is not None else g
@@ -58,8 +63,7 @@ def feature_numbers(local: np.ndarray, g: np.ndarray, W: np.ndarray) -> dict:
   var_z = (v @ W.T).var(0)
   numbers = {'global share of var z': float(np.mean((g @ W[:, -c4:].T).var(0) / var_z))}
   blocks = W.reshape(W.shape[0], -1, c4)  # (k, M + 1, C4)
-  init_norm = np.sqrt(W.shape[0] * c4 / (3.0 * W.shape[1]))
-  block_norms = np.linalg.norm(blocks, axis=(0, 2)) / init_norm
+  block_norms = np.linalg.norm(blocks, axis=(0, 2)) / init_block_norm(W, c4)
   numbers['W block norm / init, g'] = float(block_norms[-1])
   if local is not None:
     numbers['local share of ‖v‖²'] = float((local ** 2).sum() / (v ** 2).sum())
@@ -78,9 +82,9 @@ def w_history(workdir: str, c4: int) -> list:
     for step in steps:
       W = np.asarray(checkpointer.restore(os.path.join(root, str(step), 'state'))['params']
                      ['attribute_codec']['W'], np.float64)
-      init_norm = np.sqrt(W.shape[0] * c4 / (3.0 * W.shape[1]))  # per block, as above
       blocks = (W[:, :-c4], W[:, -c4:])
-      norms = [np.linalg.norm(b) / (init_norm * np.sqrt(b.shape[1] // c4)) for b in blocks]
+      norms = [np.linalg.norm(b) / (init_block_norm(W, c4) * np.sqrt(b.shape[1] // c4))
+               for b in blocks]
       updates = ([np.linalg.norm(b - p) / np.linalg.norm(b) for b, p in zip(blocks, previous)]
                  if previous is not None else [float('nan')] * 2)
       rows.append((step, *norms, *updates))

@@ -9,15 +9,12 @@ configs/tiny.py's 10 outer iterations, whose B and mAPs then came out identical 
 """
 
 import json
-import os
-import pathlib
 import subprocess
 import sys
 
 import numpy as np
-import orbax.checkpoint as ocp
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from run_helpers import REPO, final_state, one_device_env
 
 # Per-iteration means of the loss terms. Each step's reductions have at most 32·960 terms
 # (the explicit hash term), a relative rounding bound of ~3e4 · 1.1e-16 ≈ 3e-12 per step;
@@ -27,8 +24,7 @@ FLOAT64_RTOL = 1e-9
 
 
 def _run(workdir, data_dir, form):
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # one device
-  env['JAX_ENABLE_X64'] = '1'
+  env = dict(one_device_env(), JAX_ENABLE_X64='1')
   command = [sys.executable, '-m', 'aah_jax.main', '--config=configs/tiny.py',
              f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
              '--config.model.dtype=float64', '--config.train.num_iterations=2',
@@ -37,13 +33,6 @@ def _run(workdir, data_dir, form):
                           timeout=900)
   assert result.returncode == 0, result.stderr[-4000:]
   return json.loads((workdir / 'results.json').read_text())
-
-
-def _final_codes(workdir):
-  root = workdir / 'checkpoints'
-  last = max(int(p.name) for p in root.iterdir() if p.name.isdigit())
-  with ocp.StandardCheckpointer() as checkpointer:
-    return np.asarray(checkpointer.restore(root / str(last) / 'state')['B'])
 
 
 def test_grouped_and_explicit_runs_give_the_same_results(tmp_path):
@@ -57,8 +46,8 @@ def test_grouped_and_explicit_runs_give_the_same_results(tmp_path):
   # The DCC sweeps give the same bits: a bit could differ only where its sign argument is
   # within ~1e-12 of 0 (none in this run). The grouped run's B is padded to the devices'
   # rows (none here: one device).
-  np.testing.assert_array_equal(_final_codes(tmp_path / 'grouped'),
-                                _final_codes(tmp_path / 'explicit'))
+  np.testing.assert_array_equal(final_state(tmp_path / 'grouped')['B'],
+                                final_state(tmp_path / 'explicit')['B'])
   # Identical codes rank identically: the mAPs are the same numbers, not just close. The
   # encoded database and the queries' codes are signs of u, equal unless some |u| < ~1e-12.
   for name in ('map_learned_db', 'map_tie_aware_learned_db', 'map_encoded_db', 'map_random'):

@@ -13,22 +13,17 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from aah_jax.common import preemption
 from aah_jax.data import image_files
 from aah_jax.training import checkpoint, run_log
 from configs import tiny
+from run_helpers import REPO, checkpoint_steps, final_state, one_device_env
 from tolerances import summation_bound
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 EVERY_STEPS = 20  # checkpoint interval of these runs: 45 steps per outer iteration
 TIMING = ('seconds', 'wall_time_seconds')
-
-
-def _env():
-  return {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # one device
 
 
 def _train_command(workdir, data_dir, *flags):
@@ -38,7 +33,7 @@ def _train_command(workdir, data_dir, *flags):
 
 
 def _run(command, timeout=600):
-  return subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True,
+  return subprocess.run(command, cwd=REPO, env=one_device_env(), capture_output=True, text=True,
                         timeout=timeout)
 
 
@@ -48,10 +43,10 @@ def _last_logged_step(workdir) -> int:
 
 
 def _start_and_signal(command, workdir, at_step: int, signum, output, env=None) -> int:
-  """Runs command (in env, default _env()) until its log shows a step ≥ at_step, sends it
+  """Runs command (in env, default one_device_env()) until its log shows a step ≥ at_step, sends it
   signum, and returns its exit code; stdout and stderr go to output.out and output.err."""
   with open(f'{output}.out', 'w') as out, open(f'{output}.err', 'w') as err:
-    process = subprocess.Popen(command, cwd=REPO, env=env or _env(), stdout=out, stderr=err,
+    process = subprocess.Popen(command, cwd=REPO, env=env or one_device_env(), stdout=out, stderr=err,
                                text=True)
     deadline = time.time() + 600
     while _last_logged_step(workdir) < at_step:
@@ -60,17 +55,6 @@ def _start_and_signal(command, workdir, at_step: int, signum, output, env=None) 
       time.sleep(0.02)
     process.send_signal(signum)
     return process.wait(timeout=120)
-
-
-def _checkpoint_steps(workdir) -> list[int]:
-  root = pathlib.Path(workdir) / 'checkpoints'
-  return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit())
-
-
-def _final_state(workdir) -> dict:
-  path = pathlib.Path(workdir) / 'checkpoints' / str(_checkpoint_steps(workdir)[-1]) / 'state'
-  with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(path)
 
 
 def _without_timing(tree):
@@ -150,12 +134,12 @@ def test_killed_and_preempted_run_continues_exactly(tiny_run, data_dir, tmp_path
   the first keeps its compiled programs in WORKDIR/xla_cache, the second loads them."""
   workdir = tmp_path / 'run'
   command = _train_command(workdir, data_dir)
-  own_cache = {k: v for k, v in _env().items() if k != 'JAX_COMPILATION_CACHE_DIR'}
+  own_cache = {k: v for k, v in one_device_env().items() if k != 'JAX_COMPILATION_CACHE_DIR'}
 
   assert _start_and_signal(command, workdir, 100, signal.SIGKILL, tmp_path / 'killed',
                            env=own_cache) != 0
   assert not (workdir / 'results.json').exists()
-  assert max(_checkpoint_steps(workdir)) <= _last_logged_step(workdir)
+  assert max(checkpoint_steps(workdir)) <= _last_logged_step(workdir)
   assert any((workdir / 'xla_cache').iterdir())
 
   output = tmp_path / 'preempted'
@@ -165,14 +149,14 @@ def test_killed_and_preempted_run_continues_exactly(tiny_run, data_dir, tmp_path
   assert code == 0, log[-4000:]
   assert "Persistent compilation cache hit for 'jit_train_step'" in log
   assert 'preempted' in pathlib.Path(f'{output}.out').read_text()
-  saved = max(_checkpoint_steps(workdir))
+  saved = max(checkpoint_steps(workdir))
   assert saved >= 250 and saved == _last_logged_step(workdir)  # at the next step boundary
 
   output = tmp_path / 'interrupted'
   code = _start_and_signal(command, workdir, 350, signal.SIGINT, output)
   assert code == 0, pathlib.Path(f'{output}.err').read_text()[-4000:]
   assert 'Traceback' not in pathlib.Path(f'{output}.err').read_text()
-  saved = max(_checkpoint_steps(workdir))
+  saved = max(checkpoint_steps(workdir))
   assert saved >= 350 and saved == _last_logged_step(workdir)
   assert not [p.name for p in (workdir / 'checkpoints').iterdir() if 'tmp' in p.name]
 
@@ -186,7 +170,7 @@ def test_killed_and_preempted_run_continues_exactly(tiny_run, data_dir, tmp_path
   # where training is deterministic; a resume that restored anything less (RNG, data order,
   # optimiser state, B) would change the trajectory. Across machines it is not (README).
   assert _without_timing(actual) == _without_timing(expected)
-  expected_state, actual_state = _final_state(tiny_run[0]), _final_state(workdir)
+  expected_state, actual_state = final_state(tiny_run[0]), final_state(workdir)
   flat_expected = jax_leaves(expected_state)
   flat_actual = jax_leaves(actual_state)
   assert flat_expected.keys() == flat_actual.keys() and len(flat_expected) > 100
@@ -268,9 +252,9 @@ def test_non_finite_loss_stops_and_names_the_step(data_dir, tmp_path):
   assert 'NonFiniteLoss' in result.stderr and 'non-finite loss at step' in result.stderr
   bad_step = int(re.search(r'non-finite loss at step (\d+) \(outer iteration 1\): \w+=(nan|inf)',
                            result.stderr).group(1))
-  steps = _checkpoint_steps(workdir)
+  steps = checkpoint_steps(workdir)
   assert steps and max(steps) < bad_step  # the bad state was not saved
-  state = _final_state(workdir)
+  state = final_state(workdir)
   assert all(np.isfinite(v).all() for v in jax_leaves(state['params']).values())
 
 
@@ -300,7 +284,7 @@ def test_a_damaged_newest_checkpoint_falls_back_and_is_kept(tiny_run, data_dir, 
   since (as one saved before loss.phase_boundaries and loss.term_modules existed:
   checkpoint.ADDED_FIELDS gives them their values)."""
   original, _ = tiny_run
-  steps = _checkpoint_steps(original)
+  steps = checkpoint_steps(original)
   newest, previous = steps[-1], steps[-2]
 
   workdir = tmp_path / 'eval'
@@ -334,7 +318,7 @@ def test_a_damaged_newest_checkpoint_falls_back_and_is_kept(tiny_run, data_dir, 
   assert f'checkpoint step {newest} cannot be read: {state}' in result.stderr
   kept = workdir / checkpoint.DAMAGED_DIR / str(newest) / 'state' / largest.relative_to(state)
   assert kept.read_bytes() == truncated  # set aside as it was, never deleted
-  assert newest in _checkpoint_steps(workdir)  # and the step saved anew
+  assert newest in checkpoint_steps(workdir)  # and the step saved anew
   expected = json.loads((original / 'results.json').read_text())
   actual = json.loads((workdir / 'results.json').read_text())
   assert _without_timing(actual) == _without_timing(expected)  # deterministic (see above)

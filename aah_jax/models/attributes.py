@@ -14,10 +14,10 @@ CODEC_INITS = ('uniform', 'global')
 
 def codec_init(name: str, part_columns: int):
   """W's initialiser; v's first part_columns values are the parts' (v = (x_1 … x_M, g))."""
-  if name == 'uniform' or part_columns == 0:
-    return W_INIT
-  if name != 'global':
+  if name not in CODEC_INITS:
     raise ValueError(f'model.codec_init={name!r}: not one of {CODEC_INITS}')
+  if name == 'uniform' or part_columns == 0:  # without parts, W_INIT is U(±1/√C4) already
+    return W_INIT
 
   def init(rng, shape, dtype):
     w = W_INIT(rng, shape, dtype)  # U(±1/√D), scaled to U(±1/√C4) on g's block
