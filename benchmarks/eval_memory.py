@@ -20,18 +20,9 @@ import time
 
 import numpy as np
 
+from host_memory import reset_peak, status_mib
+
 BITS, CLASSES = 12, 200
-
-
-def _status_mib(field: str) -> float:
-  with open('/proc/self/status') as f:
-    return next(int(line.split()[1]) for line in f if line.startswith(field + ':')) / 1024
-
-
-def _reset_peak():
-  """Linux: the peak resident size (VmHWM) starts again from the current one."""
-  with open('/proc/self/clear_refs', 'w') as f:
-    f.write('5')
 
 
 def _packed_codes(rng, n: int):
@@ -51,8 +42,8 @@ def _child(n: int, queries: int, packed: bool) -> dict:
   db_labels = rng.integers(0, CLASSES, n)
   tiny = _packed_codes(rng, 10)  # compiles the kernels (numba) before the measurement
   evaluation.evaluate(query_u, tiny, tiny, query_labels, db_labels[:10], seed=0)
-  _reset_peak()
-  before = _status_mib('VmRSS')
+  reset_peak()
+  before = status_mib('VmRSS')
   start = time.perf_counter()
   if packed:  # what Run.evaluate hands over: bytes made where B and u lie, chunked random codes
     B, db_codes = _packed_codes(rng, n), _packed_codes(rng, n)
@@ -72,7 +63,7 @@ def _child(n: int, queries: int, packed: bool) -> dict:
                                                          db_labels),
         'map_random': ranking.mean_average_precision(random_query, random_db, query_labels,
                                                      db_labels)}
-  return {'peak_mib': _status_mib('VmHWM') - before, 'seconds': time.perf_counter() - start,
+  return {'peak_mib': status_mib('VmHWM') - before, 'seconds': time.perf_counter() - start,
           'map_random': maps['map_random']}
 
 

@@ -17,7 +17,6 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 from jax.sharding import Mesh
 import numpy as np
 

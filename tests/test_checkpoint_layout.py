@@ -66,3 +66,34 @@ def test_a_state_of_another_shape_is_refused_naming_the_field(tmp_path):
                                                           r'\(16, 13\)'):
     ckpts.restore_state(_abstract(other, mesh))
   ckpts.close()
+
+
+def test_the_tools_read_b_a_block_of_rows_at_a_time_and_the_network_alone(tmp_path):
+  """What aah-eval, aah-index and aah-explain read (cli.common.restore_run): B's first N
+  rows in blocks, from the state saved on 8 devices with its padding, and the network's
+  variables without B, U or the optimiser state."""
+  saved, _ = _placed(_state(8), jax.devices())
+  ckpts = checkpoint.RunCheckpoints(tmp_path, async_save=False)
+  ckpts.save(7, saved, {'history': []})
+  want = jax.device_get(saved)
+  blocks = list(ckpts.saved_rows(7, 'B', N, block_rows=16))
+  assert [len(block) for block in blocks] == [16, 16, 16, 16, 11]
+  np.testing.assert_array_equal(np.concatenate(blocks), want.B[:N])
+  with pytest.raises(ValueError, match='B has 80 rows, not the 81 asked for'):
+    list(ckpts.saved_rows(7, 'B', 81))
+  network = ckpts.restore_network(7)
+  assert sorted(network) == ['batch_stats', 'params']
+  np.testing.assert_array_equal(np.asarray(network['params']['w']), want.params['w'])
+  ckpts.close()
+
+
+def test_a_damaged_array_file_is_named_when_b_is_read_by_rows(tmp_path):
+  saved, _ = _placed(_state(8), jax.devices())
+  ckpts = checkpoint.RunCheckpoints(tmp_path, async_save=False)
+  ckpts.save(7, saved, {'history': []})
+  state = tmp_path / checkpoint.CHECKPOINT_DIR / '7' / 'state'
+  for data in state.rglob('d/*'):  # the arrays' bytes, in OCDBT's data files
+    data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])
+  with pytest.raises(checkpoint.DamagedCheckpoint, match=f'step 7 cannot be read: {state}/B'):
+    list(ckpts.saved_rows(7, 'B', N))
+  ckpts.close()

@@ -42,3 +42,18 @@ def test_bits_sets_k_and_m_unless_m_is_set(bits):
   assert config.model.bits == bits and config.model.num_attention_maps == bits
   config.model.num_attention_maps = 4
   assert config.bits == bits and config.model.num_attention_maps == 4
+
+
+@pytest.mark.parametrize('variant', ['', 'global_only'])
+def test_pretrained_configs_give_a_learning_rate_only_to_groups_their_network_has(variant):
+  """`--config=configs/default_pretrained.py:global_only` (the ablations without attention):
+  train.scale_parameter_groups refuses a multiplier for a group the network lacks."""
+  from configs import default_pretrained  # pylint: disable=g-import-not-at-top
+  config = precision.resolve_config(default_pretrained.get_config(variant), 'cpu')
+  model = create_model(config.model)
+  shape = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), jnp.float32)
+  params = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=True), shape)['params']
+  assert set(config.optim.lr_multipliers) <= set(params)
+  assert ('local_stage' in params) == (variant == '') == config.model.use_attention
+  with pytest.raises(ValueError, match="unknown variant 'adsh'"):
+    default_pretrained.get_config('adsh')

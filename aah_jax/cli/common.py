@@ -101,21 +101,38 @@ def _config_of(progress: dict, overrides: Optional[dict]) -> ml_collections.Conf
   return config
 
 
+def read_packed_codes(ckpts: checkpoint.RunCheckpoints, step: int,
+                      num_rows: int) -> ranking.PackedCodes:
+  """The first num_rows rows of the saved B of step, packed (k/8 bytes a row) as they are
+  read a block of rows at a time: the only N-sized array made is the packed one."""
+  words, start = None, 0
+  for rows in ckpts.saved_rows(step, 'B', num_rows):
+    block = ranking.pack_codes(rows)
+    if words is None:
+      words = np.empty((num_rows, block.words.shape[1]), np.uint8)
+    words[start:start + len(rows)] = block.words
+    start += len(rows)
+  return ranking.PackedCodes(words, block.bits)
+
+
 def restore_run(workdir: str, step: Optional[int] = None,
                 overrides: Optional[dict] = None) -> RestoredRun:
   """The run of workdir at step (default: the newest that reads), its network and data set
-  up again."""
+  up again. B comes packed from ``read_packed_codes``: no process holds it as float32 (4k
+  bytes a row) whole, nor U or the optimiser state, whatever N."""
   ckpts = checkpoint.RunCheckpoints(workdir, read_only=True)
+
+  def read(s):
+    progress = ckpts.restore_progress(s)  # the grouped form's B has padding rows past N
+    return (progress, ckpts.restore_network(s),
+            read_packed_codes(ckpts, s, progress['num_database']))
+
   try:
-    step, (progress, tree) = ckpts.newest_intact(
-        lambda s: (ckpts.restore_progress(s), ckpts.restore_tree(s)), step)
+    step, (progress, variables, B) = ckpts.newest_intact(read, step)
   finally:
     ckpts.close()
   run = run_lib.prepare(_config_of(progress, overrides))
-  return RestoredRun(run=run, variables={'params': tree['params'],
-                                         'batch_stats': tree['batch_stats']},
-                     B=ranking.pack_codes(np.asarray(tree['B'])[:progress['num_database']]),
-                     step=step, progress=progress)  # the grouped form's B has padding rows
+  return RestoredRun(run=run, variables=variables, B=B, step=step, progress=progress)
 
 
 def overrides_from_flags() -> dict:

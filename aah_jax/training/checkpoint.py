@@ -9,7 +9,9 @@ and the step count, so state + progress continue a run bit for bit.
 
 orbax writes each step into a temporary directory and renames it when complete, so a
 run killed mid-save leaves the previous checkpoints intact and no partial step behind.
-Kept: the latest ``keep`` steps plus the one with the best ``map_learned_db``.
+Kept: the latest ``keep`` steps plus the one with the best ``map_learned_db``. Arrays are
+saved in chunks of at most ``CHUNK_BYTES``, so the tools can read B a block of rows at a
+time (``saved_rows``) without the rest of the state (``restore_network``).
 
 A step that cannot be read (damaged on disk: random bytes, a truncated array file) raises
 ``DamagedCheckpoint`` naming the step and the file or item; ``newest_intact`` falls back to
@@ -18,20 +20,28 @@ step to ``WORKDIR/damaged_checkpoints/<step>`` (kept for inspection, out of the 
 steps it saves next); the read-only tools leave it where it is.
 """
 
+import json
 import logging as py_logging
 import os
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+import tensorstore as ts
 
 CHECKPOINT_DIR = 'checkpoints'
 DAMAGED_DIR = 'damaged_checkpoints'
 T = TypeVar('T')
+NETWORK_FIELDS = ('params', 'batch_stats')  # what restore_network reads of the state
+ROW_BLOCK = 1 << 18  # rows saved_rows reads at a time (12 MiB of B at k = 12 as float32)
+# Arrays are saved in chunks of at most this many bytes (else one chunk per device's shard),
+# so that saved_rows decompresses a block's chunks, not B's whole shard for every block.
+CHUNK_BYTES = 4 << 20
 
 
 class DamagedCheckpoint(RuntimeError):
@@ -148,9 +158,10 @@ class RunCheckpoints:
     if step in self._manager.all_steps():
       return
     metrics = None if map_learned_db is None else {'map_learned_db': float(map_learned_db)}
-    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                     progress=ocp.args.JsonSave(progress)),
-                       metrics=metrics, force=True)
+    chunked = jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES), state)
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state, save_args=chunked),
+        progress=ocp.args.JsonSave(progress)), metrics=metrics, force=True)
 
   def restore_state(self, abstract_state, step: Optional[int] = None):
     """The state of step (default: latest), shaped and sharded like abstract_state. The
@@ -179,17 +190,41 @@ class RunCheckpoints:
     process's first device, whatever devices and processes saved it: for tools that read
     parts of it (params, B, …), e.g. on one machine after a pod run."""
     step = self._step(step)
+    return self._read(step, 'state', lambda: self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_on_first_device(self._saved_metadata(step)))))['state'])
+
+  def restore_network(self, step: Optional[int] = None) -> dict:
+    """{'params', 'batch_stats'} of step (default: latest) on this process's first device,
+    read without the rest of the state (B, U, the optimiser's moments): what the tools need
+    of the network, whatever the size of the database."""
+    step = self._step(step)
 
     def read():
       saved = self._saved_metadata(step)
-      here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-      target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
-                                                              sharding=here),
-                            saved, is_leaf=lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype'))
-      return self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target)))['state']
+      target = _on_first_device({name: saved[name] for name in NETWORK_FIELDS})
+      with ocp.PyTreeCheckpointer() as reader:
+        return reader.restore(self._manager.directory / str(step) / 'state',
+                              args=ocp.args.PyTreeRestore(
+                                  item=target, partial_restore=True,
+                                  restore_args=ocp.checkpoint_utils.construct_restore_args(
+                                      target)))
 
     return self._read(step, 'state', read)
+
+  def saved_rows(self, step: int, name: str, num_rows: int,
+                 block_rows: int = ROW_BLOCK) -> Iterator[np.ndarray]:
+    """The first num_rows rows of the state's array `name` (such as B) at step, as NumPy
+    arrays of at most block_rows rows, in order, read from the files block by block: no
+    more than one block is in memory, whatever N (B of 100 M items at k = 12 is 4.8 GB as
+    float32; a tool packs each block to k/8 bytes a row)."""
+    step = self._step(step)
+    folder = self._manager.directory / str(step) / 'state'
+    array = self._read(step, f'state/{name}', lambda: _open_saved_array(folder, name))
+    if num_rows > array.shape[0]:
+      raise ValueError(f'{folder}: {name} has {array.shape[0]} rows, not the {num_rows} asked for')
+    for start in range(0, num_rows, block_rows):
+      stop = min(start + block_rows, num_rows)
+      yield self._read(step, f'state/{name}', lambda a=start, b=stop: array[a:b].read().result())
 
   def restore_progress(self, step: Optional[int] = None) -> dict:
     step = self._step(step)
@@ -261,3 +296,25 @@ class RunCheckpoints:
 
   def close(self):
     self._manager.close()
+
+
+def _on_first_device(metadata_tree):
+  """Restore targets for a tree of saved array metadata: its shapes and dtypes on this
+  process's first device."""
+  here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=here),
+                      metadata_tree, is_leaf=lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype'))
+
+
+def _open_saved_array(folder, name: str):
+  """A saved top-level array of an orbax state folder as a TensorStore (read lazily, by
+  slices), in the storage format its _METADATA records."""
+  with open(folder / '_METADATA') as f:
+    metadata = json.load(f)
+  use_ocdbt = metadata.get('use_ocdbt', True)
+  context = ocp.type_handlers.get_ts_context(use_ocdbt=use_ocdbt)
+  info = ocp.type_handlers.ParamInfo(name=name, parent_dir=folder,
+                                     use_zarr3=metadata.get('use_zarr3', False),
+                                     ts_context=context)
+  return ts.open(ocp.type_handlers.get_json_tspec_read(info, use_ocdbt=use_ocdbt),
+                 context=context, read=True).result()
