@@ -28,6 +28,28 @@ def test_builder_is_deterministic(tiny_builder, tmp_path):
   assert len(first) == 2 and first == second
 
 
+def test_a_run_started_beside_another_uses_the_dataset_the_other_built_meanwhile(
+    tiny_builder, tmp_path, monkeypatch):
+  """Two runs started at once on a fresh machine both find the embedded dataset missing and
+  both build it; the one that finishes second cannot rename its folder into place. It must
+  go on with the first one's (identical) files, and leave no partial folder behind."""
+  generate = datasets.AahSyntheticBirds._download_and_prepare
+  raced = []
+
+  def generate_while_another_process_finishes_first(builder, *args, **kwargs):
+    if not raced:
+      raced.append(True)
+      datasets.prepare(datasets.make_builder('synthetic_birds', 'tiny', str(tmp_path)))
+    return generate(builder, *args, **kwargs)
+
+  monkeypatch.setattr(datasets.AahSyntheticBirds, '_download_and_prepare',
+                      generate_while_another_process_finishes_first)
+  builder = load_builder('synthetic_birds', 'tiny', str(tmp_path))
+  assert raced and builder.is_prepared()
+  assert _record_digests(builder) == _record_digests(tiny_builder)
+  assert [p.name for p in builder.data_path.parent.iterdir()] == [builder.data_path.name]
+
+
 def test_splits_labels_and_attributes(tiny_builder):
   train = tiny_builder.as_data_source('train')
   test = tiny_builder.as_data_source('test')

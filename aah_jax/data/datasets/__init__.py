@@ -8,6 +8,7 @@ are built from the official files in a manual directory (``aah-prepare``, or
 import dataclasses
 from typing import Optional
 
+from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -90,7 +91,17 @@ def load_builder(name: str, builder_config: Optional[str] = None,
           f'dataset {name!r} ({builder.info.full_name}) is not prepared under '
           f'{builder.data_dir_root}: run `aah-prepare --dataset={name} --manual_dir=DIR` with '
           f'the official files in DIR (README, "Datasets"), or set config.data.manual_dir')
-    prepare(builder, manual_dir)
+    try:
+      prepare(builder, manual_dir)
+    except FileExistsError:
+      # Another process (a second run started at the same time) built the same version
+      # while this one was building: tfds renames its finished folder into place, so the
+      # destination exists only once complete. Use that copy; a genuine clash re-raises.
+      builder = make_builder(name, builder_config, data_dir, manual_dir)
+      if not builder.is_prepared():
+        raise
+      logging.info('dataset %s was built by another process meanwhile; using %s',
+                   builder.info.full_name, builder.data_path)
   return builder
 
 
