@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 from aah_jax.analysis import report
-from aah_jax.common import files, mesh as mesh_lib, preemption, workdir_lock
+from aah_jax.common import files, init_compile, mesh as mesh_lib, preemption, workdir_lock
 from aah_jax.common.mesh import to_host
 from aah_jax.data import datasets, input_pipeline
 from aah_jax.models import A2NetPlusPlus, convert, precision, pretrained
@@ -108,7 +108,8 @@ class Run:
     named weights (aah_jax.models.pretrained)."""
     replicated = mesh_lib.replicated(self.mesh)
     layout = train.state_sharding(self.mesh, self.rows_split)
-    state = jax.jit(self._init, out_shardings=layout)(jax.random.key(self.config.seed))
+    key = jax.random.key(self.config.seed)
+    state = init_compile.compile_init(jax.jit(self._init, out_shardings=layout), key)(key)
     if not self.config.model.get('pretrained'):
       return state
     path = pretrained.resolve(self.config.model.pretrained)

@@ -100,7 +100,7 @@ def test_source_key_inverts_the_mapping(arch):
     assert convert._flax_path(key, arch, classifier=True) == (collection, path), key
 
 
-def test_config_model_pretrained_starts_the_run_from_the_file(tmp_path):
+def test_config_model_pretrained_starts_the_run_from_the_file(tmp_path, tiny_data_dir):
   from aah_jax import run as run_lib  # pylint: disable=g-import-not-at-top
   from configs import tiny  # pylint: disable=g-import-not-at-top
   net = _randomised('resnet18')
@@ -112,7 +112,7 @@ def test_config_model_pretrained_starts_the_run_from_the_file(tmp_path):
   config.model.num_attention_maps = 2
   config.model.use_image_decoder = False
   config.model.pretrained = str(converted)
-  config.data.data_dir = str(tmp_path / 'data')
+  config.data.data_dir = str(tiny_data_dir)
   state = run_lib.prepare(config).init_state()
   want = net.layer4[1].conv2.weight.detach().numpy().transpose(2, 3, 1, 0)
   for path in ('global_stage', 'local_stage'):

@@ -1,6 +1,7 @@
 """The label-grouped form (the default, docs/method.md §8) and the explicit form (the
 reference's S_batch and S) give the same whole run: configs/tiny.py through its command line,
-in float64, two outer iterations (both phases, two DCC sweeps, the evaluation and results.json).
+in float64, two outer iterations of 5 steps (both phases, two DCC sweeps, the evaluation
+and results.json).
 
 float64 because the forms add the same terms in other orders: in float32 that difference
 (~1e-7) is amplified by the training dynamics past any useful tolerance within an outer
@@ -18,8 +19,9 @@ from run_helpers import REPO, final_state, one_device_env
 
 # Per-iteration means of the loss terms. Each step's reductions have at most 32·960 terms
 # (the explicit hash term), a relative rounding bound of ~3e4 · 1.1e-16 ≈ 3e-12 per step;
-# the 30 steps compound it (measured: ≤ 1e-11 relative over these 30 steps, ≤ 1.2e-10 over
-# all 450 steps of the config's 10 iterations). 1e-9 leaves a factor of 100 over the former.
+# the 10 steps (2 iterations of 5: 160 samples, batch 32) compound it (measured: ≤ 8e-15
+# relative over these 10 steps, ≤ 1.2e-10 over all 450 steps of the config's 10 iterations).
+# 1e-9 leaves a factor of 8 over the latter, a run 45 times as long as this one.
 FLOAT64_RTOL = 1e-9
 
 
@@ -28,17 +30,17 @@ def _run(workdir, data_dir, form):
   command = [sys.executable, '-m', 'aah_jax.main', '--config=configs/tiny.py',
              f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
              '--config.model.dtype=float64', '--config.train.num_iterations=2',
-             '--config.train.epochs=1', f'--config.train.similarity={form}']
+             '--config.train.num_samples=160', '--config.train.epochs=1',
+             f'--config.train.similarity={form}']
   result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=900)
   assert result.returncode == 0, result.stderr[-4000:]
   return json.loads((workdir / 'results.json').read_text())
 
 
-def test_grouped_and_explicit_runs_give_the_same_results(tmp_path):
-  data_dir = tmp_path / 'data'
-  grouped = _run(tmp_path / 'grouped', data_dir, 'grouped')
-  explicit = _run(tmp_path / 'explicit', data_dir, 'explicit')
+def test_grouped_and_explicit_runs_give_the_same_results(tmp_path, tiny_data_dir):
+  grouped = _run(tmp_path / 'grouped', tiny_data_dir, 'grouped')
+  explicit = _run(tmp_path / 'explicit', tiny_data_dir, 'explicit')
   assert [h['iteration'] for h in grouped['history']] == [1, 2]
   for got, want in zip(grouped['history'], explicit['history']):
     for term in ('loss', 'hash', 'quant', 'dec', 'rec', 'img'):

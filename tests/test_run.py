@@ -66,8 +66,8 @@ def _without_timing(tree):
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp('data')
+def data_dir(tiny_data_dir):
+  return tiny_data_dir
 
 
 @pytest.fixture(scope='module')

@@ -8,6 +8,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 import pytest
 
+from aah_jax.common import init_compile
 from aah_jax.data import input_pipeline
 from aah_jax.data.datasets import bird_renderer
 from aah_jax.models import create_model, init_variables, precision
@@ -32,9 +33,9 @@ def _step_kwargs(bn_groups=1, **model_fields) -> dict:
 def _setup(bn_groups=1, **model_fields):
   kwargs = _step_kwargs(bn_groups, **model_fields)
   db_labels = np.arange(NUM_DB) % 8
-  state = jax.jit(functools.partial(train.init_state, model=kwargs['model'], tx=kwargs['tx'],
-                                    image_size=32, db_labels=db_labels,
-                                    num_samples=2 * BATCH))(jax.random.key(0))
+  init = jax.jit(functools.partial(train.init_state, model=kwargs['model'], tx=kwargs['tx'],
+                                   image_size=32, db_labels=db_labels, num_samples=2 * BATCH))
+  state = init_compile.compile_init(init, jax.random.key(0))(jax.random.key(0))
   state = jax.device_get(state)
   rng = np.random.default_rng(0)
   classes = bird_renderer.choose_classes(8, seed=0)
