@@ -97,9 +97,9 @@ def small():
 
 def test_initialisation_compiled_for_speed_gives_the_variables_of_xla_defaults(small):
   # init_variables compiles at XLA:CPU's backend optimisation level 1 (aah_jax/common/
-  # init_compile.py: a third of the compile time). Exact: the same variables to the bit as the
-  # program compiled with XLA's defaults (level 0 would not give them: it rounds some initial
-  # weights differently in the last bit).
+  # init_compile.py: a third to a half of the compile time). Exact: the same variables to the
+  # bit as the program compiled with XLA's defaults (level 0 would not give them: it rounds some
+  # initial weights differently in the last bit).
   model, variables, _ = small
   assert init_compile.compiler_options() == {'xla_backend_optimization_level': 1}  # on CPU
   images = jnp.zeros((model.bn_groups, 32, 32, 3), jnp.float32)
