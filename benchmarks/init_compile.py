@@ -6,9 +6,10 @@ host's CPU; and whether the two programs give bitwise the same variables.
     .venv/bin/python benchmarks/init_compile.py [--configs=tiny,default,default_pretrained]
         [--rounds=3]
 
-Each round lowers the config's ``model.init`` once and compiles it both ways (the persistent
-compilation cache is off here, so every compile is a real one); the medians over the rounds
-and their ratio are printed per config.
+Each round compiles the config's ``model.init`` both ways, each from a fresh lowering (JAX
+keeps the executable of a lowering it has compiled, and the persistent compilation cache is
+off here, so every compile is a real one); the medians over the rounds and their ratio are
+printed per config.
 """
 
 import argparse
@@ -36,20 +37,19 @@ def _measure(name: str, rounds: int):
   images = jnp.zeros((model.bn_groups, config.image_size, config.image_size, 3), jnp.float32)
   rng = jax.random.key(0)
   seconds = {'default': [], 'level 1': []}
+  leaves = {}
   for _ in range(rounds):
     for form, options in (('default', None), ('level 1', init_compile.CPU_OPTIONS)):
-      # Lowered afresh each time: JAX keeps the executable of a lowering it compiled before.
       lowered = jax.jit(functools.partial(model.init, train=True)).lower(rng, images)
       start = time.perf_counter()
       compiled = lowered.compile(compiler_options=options)
       seconds[form].append(time.perf_counter() - start)
-      if form == 'default':
-        want = jax.tree.leaves(compiled(rng, images))
-      else:
-        got = jax.tree.leaves(compiled(rng, images))
-  same = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(want, got))
+      leaves[form] = jax.tree.leaves(compiled(rng, images))
+  same = all(np.array_equal(np.asarray(a), np.asarray(b))
+             for a, b in zip(leaves['default'], leaves['level 1']))
   base, fast = statistics.median(seconds['default']), statistics.median(seconds['level 1'])
-  print(f'| {name} | {config.model.backbone}, {config.image_size} px, {len(want)} arrays | '
+  arrays = len(leaves['default'])
+  print(f'| {name} | {config.model.backbone}, {config.image_size} px, {arrays} arrays | '
         f'{base:.1f} s | {fast:.1f} s | {fast / base:.2f}× | {"yes" if same else "NO"} |',
         flush=True)
 
