@@ -8,7 +8,7 @@ the similarity, γ the quantisation weight, k the code length.
 import jax
 import jax.numpy as jnp
 
-from aah_jax.models.precision import accumulation_dtype
+from aah_jax.models.precision import accumulation_dtype, precise_matmul
 from aah_jax.retrieval.codes import hash_codes
 
 
@@ -20,7 +20,7 @@ def share_label(labels_a, labels_b):
                      f'{labels_a.shape} and {labels_b.shape}')
   if labels_a.ndim == 1:
     return labels_a[:, None] == labels_b[None, :]
-  return (labels_a.astype(jnp.float32) @ labels_b.astype(jnp.float32).T) > 0
+  return precise_matmul(labels_a.astype(jnp.float32), labels_b.astype(jnp.float32).T) > 0
 
 
 def negative_weight(labels_a, labels_b, soft: bool = True):
@@ -76,18 +76,18 @@ def dcc_update(B, U, omega, S, gamma):
   U = U.astype(dtype)
   k = U.shape[1]
   u_bar = jnp.zeros_like(B).at[omega].set(U)
-  return dcc_sweep(B, k * (S.astype(dtype).T @ U) + gamma * u_bar, U)
+  return dcc_sweep(B, k * precise_matmul(S.astype(dtype).T, U) + gamma * u_bar, U)
 
 
 def dcc_sweep(B, Q, U):
   """For each bit j in order: B[:, j] = sign(Q[:, j] − B[:, ≠j] (U[:, ≠j]ᵀ U[:, j])), with
   the bits already updated in this sweep; B, Q and U in one dtype. Q: the (N, k) matrix, or
   a function j → Q[:, j] (N,) that builds one column at a time (no N × k Q held)."""
-  gram = U.T @ U  # G[l, j] = U[:, l]ᵀ U[:, j]
+  gram = precise_matmul(U.T, U)  # G[l, j] = U[:, l]ᵀ U[:, j]
   column = Q if callable(Q) else (lambda j: Q[:, j])
 
   def sweep_bit(j, B):
     coupling = gram[:, j].at[j].set(0.0)  # leaves bit j out of B[:, ≠j] G[≠j, j]
-    return B.at[:, j].set(hash_codes(column(j) - B @ coupling).astype(B.dtype))
+    return B.at[:, j].set(hash_codes(column(j) - precise_matmul(B, coupling)).astype(B.dtype))
 
   return jax.lax.fori_loop(0, U.shape[1], sweep_bit, B)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from aah_jax.models.precision import accumulation_dtype
+from aah_jax.models.precision import accumulation_dtype, precise_matmul
 from aah_jax.training import adsh, grouped
 
 
@@ -62,7 +62,8 @@ def row_sums(labels, r, B, db_labels, *, mesh, num_database: int, chunk_rows: in
     def fold(acc, start, size, valid):
       S = adsh.similarity_rows(labels, _rows(db_labels, start, size), r).astype(dtype)
       S = jnp.where(valid[None, :], S, 0)
-      return acc[0] + jnp.sum(S * S, axis=1), acc[1] + S @ _rows(B, start, size).astype(dtype)
+      S_B = precise_matmul(S, _rows(B, start, size).astype(dtype))
+      return acc[0] + jnp.sum(S * S, axis=1), acc[1] + S_B
 
     init = _per_device((jnp.zeros(labels.shape[0], dtype),
                         jnp.zeros((labels.shape[0], B.shape[1]), dtype)))
@@ -96,8 +97,8 @@ def summarize(B, db_labels, omega, *, num_database: int) -> grouped.DatabaseSumm
   """What the step needs of B in this form: K = BᵀB and B_Ω (no group table)."""
   del db_labels  # the step reads the labels itself, chunk by chunk (row_sums)
   B = B.astype(accumulation_dtype(B.dtype))
-  return grouped.DatabaseSummary(gram=B.T @ B, group_sums=None, group_rows=None, counts=None,
-                                 omega_codes=B[omega], num_database=num_database)
+  return grouped.DatabaseSummary(gram=precise_matmul(B.T, B), group_sums=None, group_rows=None,
+                                 counts=None, omega_codes=B[omega], num_database=num_database)
 
 
 def dcc_update(B, U, omega, omega_labels, db_labels, *, gamma: float, soft: bool, mesh,
@@ -115,7 +116,7 @@ def dcc_update(B, U, omega, omega_labels, db_labels, *, gamma: float, soft: bool
     def fold(Q, start, size, valid):  # rows an earlier chunk had get the same values again;
       del valid  # padding rows are set to 0 after the sweep
       S = adsh.similarity_rows(omega_labels, _rows(db_labels, start, size), r).astype(dtype)
-      return jax.lax.dynamic_update_slice_in_dim(Q, k * (S.T @ U), start, axis=0)
+      return jax.lax.dynamic_update_slice_in_dim(Q, k * precise_matmul(S.T, U), start, axis=0)
 
     Q = _fold_rows(fold, jnp.zeros_like(B), num_local, chunk_rows, num_database)
     here = omega - jax.lax.axis_index('data') * num_local  # Ω's rows on this device

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aah_jax.models.precision import accumulation_dtype
+from aah_jax.models.precision import accumulation_dtype, precise_matmul
 from aah_jax.training import adsh
 
 
@@ -60,7 +60,7 @@ def membership(labels, group_rows):
                      f'or both multi-hot')
   if labels.ndim == 1:
     return (labels[:, None] == group_rows[None, :]).astype(jnp.float32)
-  shared = labels.astype(jnp.float32) @ group_rows.astype(jnp.float32).T
+  shared = precise_matmul(labels.astype(jnp.float32), group_rows.astype(jnp.float32).T)
   return (shared > 0).astype(jnp.float32)
 
 
@@ -70,7 +70,7 @@ def negative_weight(h, counts, soft: bool = True):
   if not soft:
     return jnp.float32(1.0)
   counts = jnp.asarray(counts, jnp.float32)
-  positives = jnp.sum(h @ counts)
+  positives = jnp.sum(precise_matmul(h, counts))
   negatives = h.shape[0] * jnp.sum(counts) - positives
   return jnp.where(negatives > 0, positives / jnp.maximum(negatives, 1.0), 0.0)
 
@@ -101,7 +101,7 @@ def summarize(B, groups: LabelGroups, omega, *, num_database: int) -> DatabaseSu
   dtype = accumulation_dtype(B.dtype)
   B = B.astype(dtype)
   sums = jax.ops.segment_sum(B, groups.group_of, num_segments=groups.counts.shape[0])
-  return DatabaseSummary(gram=B.T @ B, group_sums=sums, group_rows=groups.rows,
+  return DatabaseSummary(gram=precise_matmul(B.T, B), group_sums=sums, group_rows=groups.rows,
                          counts=groups.counts.astype(dtype), omega_codes=B[omega],
                          num_database=num_database)
 
@@ -130,9 +130,9 @@ def database_sums(h, r, summary: DatabaseSummary):
   """(Σ_j S_ij², Σ_j S_ij B_j) from the groups: Σ_g h_ig c_g + r²·(N − Σ_g h_ig c_g) and
   (1 + r)·Σ_g h_ig Σ_g − r·Σ_g Σ_g, in the summary's dtype (1 + r and r² exact)."""
   r = jnp.asarray(r, summary.gram.dtype)
-  similar_count = h @ summary.counts  # (n,) Σ_g h_ig c_g
+  similar_count = precise_matmul(h, summary.counts)  # (n,) Σ_g h_ig c_g
   s_squared = similar_count + r * r * (summary.num_database - similar_count)
-  s_b = (1 + r) * (h @ summary.group_sums) - r * jnp.sum(summary.group_sums, axis=0)
+  s_b = (1 + r) * precise_matmul(h, summary.group_sums) - r * jnp.sum(summary.group_sums, axis=0)
   return s_squared, s_b
 
 
@@ -141,7 +141,7 @@ def hash_loss_of_sums(F, s_squared, s_b, gram, *, num_database: int, code_length
   n, k = F.shape[0], code_length
   F = F.astype(gram.dtype)
   per_item = k * k * s_squared - 2 * k * jnp.sum(F * s_b, axis=1) + jnp.sum(
-      (F @ gram) * F, axis=1)
+      precise_matmul(F, gram) * F, axis=1)
   return jnp.sum(per_item) * (12.0 / k / (n * num_database))  # a Python float: n·N may pass 2³¹
 
 
@@ -160,7 +160,7 @@ def dcc_update(B, U, omega, h_omega, r, group_of, gamma, num_database: Optional[
   dtype = accumulation_dtype(U.dtype)
   B, U, h_omega, r = B.astype(dtype), U.astype(dtype), h_omega.astype(dtype), jnp.asarray(r, dtype)
   k = U.shape[1]
-  per_group = (1 + r) * (h_omega.T @ U) - r * jnp.sum(U, axis=0)
+  per_group = (1 + r) * precise_matmul(h_omega.T, U) - r * jnp.sum(U, axis=0)
 
   def target(j):  # Q[:, j] = k·P[g, j] + γ·Ū[:, j], built per bit: no N × k Q or Ū
     u_bar = jnp.zeros(B.shape[0], dtype).at[omega].set(U[:, j])

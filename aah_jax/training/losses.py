@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from aah_jax.models.precision import precise_matmul
 from aah_jax.training import grouped as grouped_lib
 
 
@@ -33,7 +34,8 @@ def _scale(code_length: int, n: int, num_database: int) -> float:
 def hash_loss(F, B, S_batch, *, code_length: int):
   """hash = (12/k) · Σ_i Σ_j (k·S_ij − F_i·B_j)² / (n·N), asymmetric against B."""
   n, num_database = S_batch.shape
-  residual = code_length * S_batch.astype(F.dtype) - F @ B.T  # k·S not rounded to S's float32
+  # k·S not rounded to S's float32
+  residual = code_length * S_batch.astype(F.dtype) - precise_matmul(F, B.T)
   return jnp.sum(jnp.square(residual)) * _scale(code_length, n, num_database)
 
 
@@ -49,7 +51,7 @@ def quantization_loss(F, B, omega, *, gamma: float, code_length: int,
 def decorrelation_loss(F):
   """dec = mean over the k×k entries of (FᵀF − n·I)², divided by n and by k."""
   n, k = F.shape
-  gram = F.T @ F - n * jnp.eye(k, dtype=F.dtype)
+  gram = precise_matmul(F.T, F) - n * jnp.eye(k, dtype=F.dtype)
   return jnp.mean(jnp.square(gram)) / n / k
 
 
