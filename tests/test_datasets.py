@@ -1,6 +1,7 @@
 """The embedded synthetic dataset and the input pipeline."""
 
 import hashlib
+import tempfile
 
 import numpy as np
 import pytest
@@ -48,6 +49,23 @@ def test_a_run_started_beside_another_uses_the_dataset_the_other_built_meanwhile
   assert raced and builder.is_prepared()
   assert _record_digests(builder) == _record_digests(tiny_builder)
   assert [p.name for p in builder.data_path.parent.iterdir()] == [builder.data_path.name]
+
+
+@pytest.mark.parametrize('name', sorted(datasets.DATASETS))
+def test_making_a_builder_for_an_unprepared_dataset_leaves_no_temporary_folder(
+    name, tmp_path, monkeypatch):
+  """tfds's DatasetInfo makes an empty mkdtemp('tfds') folder each time a builder is made
+  for a dataset not yet prepared (to look for pre-computed info on GCS) and leaves it; ours
+  look for none. Every registered builder, made for an empty data_dir."""
+  temporary = tmp_path / 'tmp'
+  temporary.mkdir()
+  monkeypatch.setattr(tempfile, 'tempdir', str(temporary))
+  folder = tmp_path / 'images'
+  (folder / 'a').mkdir(parents=True)
+  builder = datasets.make_builder(name, data_dir=str(tmp_path / 'tfds'), manual_dir=(
+      str(folder) if name == 'image_folder' else None))
+  assert not builder.is_prepared() and builder.info.features is not None
+  assert list(temporary.iterdir()) == []
 
 
 def test_splits_labels_and_attributes(tiny_builder):

@@ -27,6 +27,16 @@ from aah_jax.data import image_decode
 from aah_jax.data.image_files import printable_name
 
 
+class LocalDatasetInfo(tfds.core.DatasetInfo):
+  """The DatasetInfo of our builders, which read local files only. tfds's own looks for
+  pre-computed info on its GCS bucket whenever a builder is made for a dataset not yet
+  prepared, and makes an empty temporary folder for it each time (``mkdtemp('tfds')``,
+  left behind, even with GCS access off); ours has none to find."""
+
+  def initialize_from_bucket(self) -> None:
+    pass
+
+
 class DatasetFilesError(FileNotFoundError):
   """The manual directory lacks files the dataset needs."""
 
@@ -132,7 +142,7 @@ class ArchiveBuilder(tfds.core.GeneratorBasedBuilder):
     return {}
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
+    return LocalDatasetInfo(
         builder=self, description=self.__doc__, features=tfds.features.FeaturesDict({
             'image': tfds.features.Image(shape=(None, None, 3)),
             'file_name': tfds.features.Text(),  # relative to the dataset folder

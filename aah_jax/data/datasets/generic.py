@@ -23,7 +23,8 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from aah_jax.data import image_files
-from aah_jax.data.datasets.archive import ArchiveBuilder, DatasetFilesError, Item, read_lines
+from aah_jax.data.datasets.archive import (ArchiveBuilder, DatasetFilesError, Item,
+                                           LocalDatasetInfo, read_lines)
 
 _VERSION = tfds.core.Version('1.0.0')
 _NOTES = {'1.0.0': 'First release.'}
@@ -41,7 +42,7 @@ class AahCifar10(tfds.core.GeneratorBasedBuilder):
   NUM_CLASSES = len(CLASSES)
 
   def _info(self):
-    return tfds.core.DatasetInfo(
+    return LocalDatasetInfo(
         builder=self, description=self.__doc__,
         features=tfds.features.FeaturesDict({
             'image': tfds.features.Image(shape=(32, 32, 3), encoding_format='png'),

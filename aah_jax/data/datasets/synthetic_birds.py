@@ -13,6 +13,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from aah_jax.data.datasets import bird_renderer
+from aah_jax.data.datasets.archive import LocalDatasetInfo
 
 SPLITS = ('train', 'test')
 
@@ -44,7 +45,7 @@ class AahSyntheticBirds(tfds.core.GeneratorBasedBuilder):
     cfg = self.builder_config
     classes = bird_renderer.choose_classes(cfg.num_classes, cfg.seed)
     size = cfg.image_size
-    return tfds.core.DatasetInfo(
+    return LocalDatasetInfo(
         builder=self,
         description=__doc__,
         features=tfds.features.FeaturesDict({
