@@ -5,8 +5,6 @@ TPU and to TF32 on recent NVIDIA GPUs, which would round −r, the group counts 
 way, so this is checked on the programs' jaxprs; ``test_plan`` checks what the TPU compiler
 makes of it."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
@@ -66,12 +64,12 @@ def _programs(multi_label: bool) -> dict:
   S_omega = adsh.similarity(x['db_labels'][x['omega']], x['db_labels'])
   mesh = Mesh(np.array(jax.devices()[:1]), ('data',))
   sizes = dict(mesh=mesh, num_database=N, chunk_rows=16)
-  grad_F = lambda loss: jax.value_and_grad(loss)
   return {
-      'explicit hash and its gradient': (grad_F(functools.partial(
-          lambda F, B, S: losses.hash_loss(F, B, S, code_length=K))), (x['F'], x['B'], S_batch)),
-      'decorrelation and its gradient': (grad_F(losses.decorrelation_loss), (x['F'],)),
-      'grouped hash and its gradient': (grad_F(
+      'explicit hash and its gradient': (jax.value_and_grad(
+          lambda F, B, S: losses.hash_loss(F, B, S, code_length=K)), (x['F'], x['B'], S_batch)),
+      'decorrelation and its gradient': (jax.value_and_grad(losses.decorrelation_loss),
+                                         (x['F'],)),
+      'grouped hash and its gradient': (jax.value_and_grad(
           lambda F, h: grouped.hash_loss(F, h, 0.25, summary, code_length=K)), (x['F'], h)),
       'grouped summary': (lambda B: grouped.summarize(B, groups, x['omega'], num_database=N),
                           (x['B'],)),
