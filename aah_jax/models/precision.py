@@ -60,7 +60,7 @@ def precise_matmul(a, b):
   XLA's default precision rounds float32 operands to bfloat16 on TPU (one MXU pass) and to
   TF32 on NVIDIA GPUs since Ampere; CPU computes in float32 either way. The losses and the
   DCC form their products with this (group counts and K = BᵀB up to N, −r in S, UᵀU), so
-  that those sums are as exact on a pod as on CPU, and so that the TPU compiler keeps no
+  that those sums keep about float32's accuracy on a pod, and so that the TPU compiler keeps no
   bfloat16 copy of a chip's rows of B for a loop over them. Each has a k-wide side (k bits),
   so it is memory-bound on an accelerator and the extra passes cost little (not measured on
   a TPU; the network's products keep config.model.dtype and the default precision).
