@@ -217,18 +217,22 @@ def test_label_groups_of_the_paper_datasets_without_building_them():
 
 
 @needs_libtpu
-def test_the_chunked_step_holds_no_copy_of_a_chips_rows_of_b_at_100_million():
-  """The chunked step (docs/method.md §8.1) walks each chip's rows of B 16,384 at a time. Its
-  products ask for full precision (``precision.precise_matmul``); at XLA's default the TPU
-  compiler rounded S and B to bfloat16 for them and converted the chip's 25 million rows of B
-  once, before the loop: 763 MiB of temporaries (25 M × 12 bits, lane-padded to 16, × 2
-  bytes). Now no temporary has a chip's rows: the bound is 64 MiB, eight 16,384-row
+def test_the_chunked_step_and_dcc_hold_no_array_of_a_chips_rows_beyond_b_at_100_million():
+  """The chunked form (docs/method.md §8.1) walks each chip's rows of B 16,384 at a time.
+  - Step: its products ask for full precision (``precision.precise_matmul``); at XLA's
+    default the TPU compiler rounded S and B to bfloat16 for them and converted the chip's 25
+    million rows of B once, before the loop: 763 MiB of temporaries (25 M × 12 bits,
+    lane-padded to 16, × 2 bytes).
+  - DCC: it sweeps each chunk's rows through all bits before the next chunk; built for all
+    the chip's rows first, Q (25 M × 16 × 4 bytes) was 1.49 GiB of 1.86 GiB of temporaries.
+  The bound is 64 MiB: a 480 × 16,384 float32 block of S (30 MiB) and four 16,384-row
   float32 chunks lane-padded to 128 (8 MiB each)."""
   config = tiny.get_config()
   config.train.similarity = 'chunked'
   planned = plan.plan(config, TOPOLOGY, PER_CHIP_BATCH, num_database=100_000_000,
-                      only=('train_step',), keep_compiled=True)
-  memory = planned['programs']['train_step']['memory_per_device']
+                      only=('train_step', 'dcc_update'), keep_compiled=True)
   rows = 100_000_000 // planned['devices']
-  assert memory['temporaries'] < 64 * 2**20, memory
+  for name in ('train_step', 'dcc_update'):
+    memory = planned['programs'][name]['memory_per_device']
+    assert memory['temporaries'] < 64 * 2**20, (name, memory)
   assert f'bf16[{rows},' not in planned['compiled']['train_step'].as_text()

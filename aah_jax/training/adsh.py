@@ -79,11 +79,13 @@ def dcc_update(B, U, omega, S, gamma):
   return dcc_sweep(B, k * precise_matmul(S.astype(dtype).T, U) + gamma * u_bar, U)
 
 
-def dcc_sweep(B, Q, U):
+def dcc_sweep(B, Q, U, gram=None):
   """For each bit j in order: B[:, j] = sign(Q[:, j] − B[:, ≠j] (U[:, ≠j]ᵀ U[:, j])), with
   the bits already updated in this sweep; B, Q and U in one dtype. Q: the (N, k) matrix, or
-  a function j → Q[:, j] (N,) that builds one column at a time (no N × k Q held)."""
-  gram = precise_matmul(U.T, U)  # G[l, j] = U[:, l]ᵀ U[:, j]
+  a function j → Q[:, j] (N,) that builds one column at a time (no N × k Q held). gram: UᵀU
+  when the caller has it (a sweep done a block of rows at a time)."""
+  if gram is None:
+    gram = precise_matmul(U.T, U)  # G[l, j] = U[:, l]ᵀ U[:, j]
   column = Q if callable(Q) else (lambda j: Q[:, j])
 
   def sweep_bit(j, B):

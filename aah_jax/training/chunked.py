@@ -11,12 +11,12 @@ the block of S for them from the labels (``adsh.similarity_rows``):
 - ``row_sums``: the two sums over the database the hash term needs for each batch item,
   Σ_j S_ij² and Σ_j S_ij B_j (``grouped.hash_loss_of_sums`` takes them with K = BᵀB);
 - ``negative_weight``: r = P/Q of Ω × database from the similar pairs counted per chunk;
-- ``dcc_update``: the DCC sweep of each device's rows, with Q = k·SᵀU + γ·Ū built chunk by
-  chunk for those rows (N/devices × k per device, the size of its rows of B).
+- ``dcc_update``: the DCC sweep of each device's rows a chunk at a time, Q = k·SᵀU + γ·Ū
+  built for the chunk's rows and all k bits swept for them before the next chunk.
 
 Each sum is added over devices with one ``psum``. Memory per device: its rows of B and of
-the labels, one n × chunk_rows (step) or |Ω| × chunk_rows (DCC) block of S, and Q for its
-rows in the DCC; nothing with N rows. Padding rows (index ≥ N) take no part.
+the labels, one n × chunk_rows (step) or |Ω| × chunk_rows (DCC) block of S, and the chunk's
+Q in the DCC; nothing with N rows. Padding rows (index ≥ N) take no part.
 """
 
 import jax
@@ -103,8 +103,10 @@ def summarize(B, db_labels, omega, *, num_database: int) -> grouped.DatabaseSumm
 
 def dcc_update(B, U, omega, omega_labels, db_labels, *, gamma: float, soft: bool, mesh,
                num_database: int, chunk_rows: int):
-  """B ← one DCC sweep (``train.update_database_codes``), each device sweeping its rows with
-  Q = k·SᵀU + γ·Ū built for them chunk by chunk; padding rows stay 0."""
+  """B ← one DCC sweep (``train.update_database_codes``), each device sweeping its rows a
+  chunk at a time: Q = k·SᵀU + γ·Ū for the chunk's rows, then every bit of those rows. The
+  sweep is row-local given UᵀU, so this gives the bits of sweeping all rows bit by bit,
+  with no Q for all of a device's rows. Padding rows stay 0."""
   dtype = accumulation_dtype(U.dtype)
   r = negative_weight(omega_labels, db_labels, mesh=mesh, num_database=num_database,
                       chunk_rows=chunk_rows, soft=soft).astype(dtype)
@@ -112,23 +114,21 @@ def dcc_update(B, U, omega, omega_labels, db_labels, *, gamma: float, soft: bool
   def local(B, U, omega, omega_labels, db_labels, r):
     B, U = B.astype(dtype), U.astype(dtype)
     num_local, k = B.shape
+    gram = precise_matmul(U.T, U)
+    first = jax.lax.axis_index('data') * num_local  # this device's first row
 
-    def fold(Q, start, size, valid):  # rows an earlier chunk had get the same values again;
-      del valid  # padding rows are set to 0 after the sweep
+    def fold(B, start, size, valid):
       S = adsh.similarity_rows(omega_labels, _rows(db_labels, start, size), r).astype(dtype)
-      return jax.lax.dynamic_update_slice_in_dim(Q, k * precise_matmul(S.T, U), start, axis=0)
+      at = omega - (first + start)  # Ω's rows in this chunk; others dropped
+      u_bar = jnp.zeros((size, k), dtype).at[jnp.where((at >= 0) & (at < size), at, size)].set(
+          U, mode='drop')
+      old = _rows(B, start, size)
+      swept = adsh.dcc_sweep(old, k * precise_matmul(S.T, U) + gamma * u_bar, U, gram)
+      padding = first + start + jnp.arange(size) >= num_database
+      new = jnp.where(valid[:, None], swept, jnp.where(padding[:, None], 0, old))
+      return jax.lax.dynamic_update_slice_in_dim(B, new, start, axis=0)
 
-    Q = _fold_rows(fold, jnp.zeros_like(B), num_local, chunk_rows, num_database)
-    here = omega - jax.lax.axis_index('data') * num_local  # Ω's rows on this device
-    here = jnp.where((here >= 0) & (here < num_local), here, num_local)  # others: dropped
-
-    def target(j):
-      return Q[:, j] + gamma * jnp.zeros(num_local, dtype).at[here].set(U[:, j], mode='drop')
-
-    B = adsh.dcc_sweep(B, target, U)
-    rows = jax.lax.axis_index('data') * num_local + jnp.arange(num_local)
-    return jnp.where((rows < num_database)[:, None], B, 0)
+    return _fold_rows(fold, B, num_local, chunk_rows, num_database)
 
   return jax.shard_map(local, mesh=mesh, in_specs=(P('data'), P(), P(), P(), P('data'), P()),
                        out_specs=P('data'))(B, U, omega, omega_labels, db_labels, r)
-
