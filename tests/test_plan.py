@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from aah_jax.analysis import plan
+from aah_jax.cli import aah_plan
 from aah_jax.models import precision
 from configs import default_pretrained, tiny
 
@@ -67,6 +68,31 @@ def test_tiny_step_compiles_for_gpu_nodes_and_fits(tiny_gpu_plan):
     assert program['bytes_accessed_per_device'] is None and program['estimate_is_lower_bound']
   step = tiny_gpu_plan['programs']['train_step']
   assert step['collectives']['all-reduce']['count'] >= 1
+
+
+@needs_libtpu
+def test_an_estimate_over_a_loop_is_called_a_lower_bound(tiny_plan):
+  """The TPU compiler's cost analysis counts a while loop's body once, whatever its trip
+  count (a 10- and a 100-step loop of the same matmul count the same flops), so the
+  estimate of the DCC sweep, a loop over the k bits, is a lower bound and aah-plan says so;
+  the train step has no loop."""
+  devices, _ = plan.topology_devices(TOPOLOGY)
+  x = jax.ShapeDtypeStruct((256, 256), np.float32,
+                           sharding=jax.sharding.SingleDeviceSharding(devices[0]))
+
+  def flops(steps):
+    loop = jax.jit(lambda x: jax.lax.fori_loop(0, steps, lambda i, x: x @ x * 0.5, x))
+    cost = loop.lower(x).compile().cost_analysis()
+    return (cost[0] if isinstance(cost, (list, tuple)) else cost)['flops']
+
+  assert flops(10) == flops(100) == 2 * 256**3 + 256**2  # one body: a matmul and a scale
+  programs = tiny_plan['programs']
+  assert programs['dcc_update']['while_loops'] >= 1
+  assert programs['dcc_update']['estimate_is_lower_bound']
+  assert programs['train_step']['while_loops'] == 0
+  assert not programs['train_step']['estimate_is_lower_bound']
+  dcc_line = aah_plan.summary(tiny_plan).split('  dcc_update:')[1].splitlines()[1]
+  assert 'once, whatever the trip count: a lower bound' in dcc_line, dcc_line
 
 
 @needs_libtpu

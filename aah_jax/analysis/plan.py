@@ -292,7 +292,9 @@ def analyse(compiled, chip: Chip, images: Optional[int], dtype: str,
   (chip: the share of a chip one device has; dtype: the network's compute dtype, which
   picks the peak). The GPU compiler counts nothing: fallback_cost then gives the flops (of
   the same program at the per-device batch, from XLA's cost analysis before optimisation),
-  no bytes are known and the estimate is flops / peak alone, a lower bound."""
+  no bytes are known and the estimate is flops / peak alone, a lower bound. A program with
+  while loops (the DCC's over the k bits, the chunked form's over chunks) has its flops and
+  bytes counted with each loop body once, whatever its trip count: a lower bound as well."""
   memory = compiled.memory_analysis()
   arguments, outputs = memory.argument_size_in_bytes, memory.output_size_in_bytes
   aliased, temporaries = memory.alias_size_in_bytes, memory.temp_size_in_bytes
@@ -306,6 +308,10 @@ def analyse(compiled, chip: Chip, images: Optional[int], dtype: str,
   accessed = cost.get('bytes accessed')
   peak = chip.peak_flops if dtype == 'bfloat16' else chip.peak_flops_float32
   seconds = max(flops / peak, float(accessed or 0.0) / chip.hbm_bytes_per_second)
+  text = compiled.as_text()
+  # XLA's cost analysis (TPU and CPU alike) counts a while loop's body once, whatever its trip
+  # count: the DCC's loop over k bits, the chunked form's loop over chunks.
+  loops = len(re.findall(r'\bwhile\(', text))
   result = {
       'memory_per_device': {'arguments': arguments, 'outputs': outputs, 'aliased': aliased,
                           'temporaries': temporaries, 'total': total,
@@ -317,8 +323,9 @@ def analyse(compiled, chip: Chip, images: Optional[int], dtype: str,
       'bytes_accessed_per_device': None if accessed is None else float(accessed),
       'peak_flops_per_device': peak,
       'estimated_seconds': seconds,
-      'estimate_is_lower_bound': accessed is None,
-      'collectives': collectives(compiled.as_text()),
+      'while_loops': loops,
+      'estimate_is_lower_bound': accessed is None or loops > 0,
+      'collectives': collectives(text),
   }
   if images:
     result['images'] = images

@@ -9,7 +9,8 @@
 Needs libtpu and the CUDA plugin (pip install -e '.[plan]'), not a TPU or GPU: the TPU and
 GPU compilers run on this CPU. GPU topologies are GPU:PARTITIONSxHOSTSxGPUS_PER_HOST
 (h100:1x1x8, a100:1x2x8, h200:1x1x8); the GPU compiler counts no bytes, so their estimate
-is flops / peak alone, a lower bound.
+is flops / peak alone, a lower bound. So is the estimate of a program with while loops (the
+DCC sweep's over the bits): the compilers count each loop body once, whatever its trip count.
 Compiles the train step, the DCC update and the encoder with the run's shardings and prints,
 per chip: memory (arguments, temporaries, outputs, aliased) against the chip's HBM, whether
 it fits, flops and bytes accessed, a roofline estimate of step time and images/s (an
@@ -86,9 +87,15 @@ def summary(report: dict) -> str:
     estimate = f"    estimated {program['estimated_seconds'] * 1e3:,.3g} ms"
     if program.get('estimated_images_per_second'):
       estimate += f', {program["estimated_images_per_second"]:,.0f} images/s'
-    lines.append(estimate + (' (flops / peak: a lower bound, not a measurement)'
-                             if program['estimate_is_lower_bound'] else
-                             ' (roofline estimate, not a measurement)'))
+    if program['while_loops']:
+      estimate += (f' (roofline estimate from counts that take the body of each of its '
+                   f'{program["while_loops"]} while loop(s) once, whatever the trip count: '
+                   'a lower bound, not a measurement)')
+    elif program['estimate_is_lower_bound']:
+      estimate += ' (flops / peak: a lower bound, not a measurement)'
+    else:
+      estimate += ' (roofline estimate, not a measurement)'
+    lines.append(estimate)
     used = {k: v for k, v in program['collectives'].items() if v['count']}
     lines.append('    collectives: ' + (', '.join(
         f'{k} ×{v["count"]} ({v["bytes"] / 2**20:,.2f} MiB)' for k, v in used.items()) or 'none'))
