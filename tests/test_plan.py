@@ -91,8 +91,11 @@ def test_an_estimate_over_a_loop_is_called_a_lower_bound(tiny_plan):
   assert programs['dcc_update']['estimate_is_lower_bound']
   assert programs['train_step']['while_loops'] == 0
   assert not programs['train_step']['estimate_is_lower_bound']
-  dcc_line = aah_plan.summary(tiny_plan).split('  dcc_update:')[1].splitlines()[1]
-  assert 'once, whatever the trip count: a lower bound' in dcc_line, dcc_line
+  printed = aah_plan.summary(tiny_plan)
+  dcc_line = printed.split('  dcc_update:')[1].splitlines()[1]
+  assert 'once, whatever the trip count: a lower bound, not a measurement)' in dcc_line
+  step_line = printed.split('  train_step:')[1].splitlines()[1]
+  assert step_line.endswith('images/s (roofline estimate, not a measurement)'), step_line
 
 
 @needs_libtpu

@@ -87,15 +87,14 @@ def summary(report: dict) -> str:
     estimate = f"    estimated {program['estimated_seconds'] * 1e3:,.3g} ms"
     if program.get('estimated_images_per_second'):
       estimate += f', {program["estimated_images_per_second"]:,.0f} images/s'
+    basis = ('flops / peak' if program['bytes_accessed_per_device'] is None
+             else 'roofline estimate')
     if program['while_loops']:
-      estimate += (f' (roofline estimate from counts that take the body of each of its '
-                   f'{program["while_loops"]} while loop(s) once, whatever the trip count: '
-                   'a lower bound, not a measurement)')
-    elif program['estimate_is_lower_bound']:
-      estimate += ' (flops / peak: a lower bound, not a measurement)'
-    else:
-      estimate += ' (roofline estimate, not a measurement)'
-    lines.append(estimate)
+      basis += (f' from counts that take the body of each of its {program["while_loops"]} '
+                'while loop(s) once, whatever the trip count')
+    lines.append(f'{estimate} ({basis}'
+                 + (': a lower bound' if program['estimate_is_lower_bound'] else '')
+                 + ', not a measurement)')
     used = {k: v for k, v in program['collectives'].items() if v['count']}
     lines.append('    collectives: ' + (', '.join(
         f'{k} ×{v["count"]} ({v["bytes"] / 2**20:,.2f} MiB)' for k, v in used.items()) or 'none'))
